@@ -1,0 +1,13 @@
+"""coroexecutor: a concurrent.futures-style Executor for asyncio coroutines.
+
+Run millions of coroutines with at most ``max_workers`` of them in flight::
+
+    async with CoroutineExecutor(max_workers=10_000) as exe:
+        for line in open("urls.txt"):
+            await exe.submit(fetch, line)   # waits while 10,000 jobs are running
+"""
+
+from ._executor import CoroutineExecutor
+from ._runner import run
+
+__all__ = ("CoroutineExecutor", "run")

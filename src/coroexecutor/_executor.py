@@ -1,0 +1,267 @@
+"""CoroutineExecutor: the context manager, shutdown, fail-fast and the whole-executor timeout.
+
+The engine (``_engine``) runs jobs; this module decides what a job's failure, the body's
+exception, a cancellation or the deadline do to the rest, following
+``asyncio.TaskGroup`` wherever the two can be compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._engine import _BASE_ERRORS, _check_fn, _Engine, _State
+from ._map import _map
+
+__all__ = ("CoroutineExecutor",)
+
+T = TypeVar("T")
+
+_CancelledError = asyncio.CancelledError
+
+
+class CoroutineExecutor(_Engine):
+    """Run coroutine functions with at most ``max_workers`` of them in flight at once.
+
+    ``async with CoroutineExecutor(max_workers=1000) as exe: await exe.submit(fn, x)``
+    """
+
+    def __init__(
+        self,
+        max_workers: int = 1000,
+        *,
+        suppress_task_errors: bool = False,
+        timeout: float | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        copy_context: bool = False,
+    ) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int, got {max_workers!r}")
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+            if not timeout > 0 or math.isnan(timeout):
+                raise ValueError(f"timeout must be greater than 0 seconds, got {timeout!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+        super().__init__(max_workers, bool(copy_context))
+        self._suppress = bool(suppress_task_errors)
+        self._timeout = timeout
+        self._initializer = initializer
+        self._initargs = initargs
+        self._started_at = time.monotonic()  # the timeout counts from here, or from entry
+        self._timer: asyncio.TimerHandle | None = None
+        self._entered = False
+        self._exiting = False
+        self._parent_task: asyncio.Task[Any] | None = None
+        self._parent_cancel_requested = False
+        self._error: BaseException | None = None  # the first job error, or the TimeoutError
+        self._base_error: BaseException | None = None  # KeyboardInterrupt / SystemExit
+        self._error_raised = False
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def max_workers(self) -> int:
+        """How many jobs may run at once."""
+        return self._limit
+
+    def map(self, fn: Callable[..., Awaitable[T]], *iterables: Iterable[Any]) -> AsyncIterator[T]:
+        """Run ``fn`` over the zipped iterables; yield the results in input order.
+
+        The input is pulled lazily (about ``max_workers`` items in flight plus a
+        reorder buffer of as many), so an endless generator is fine.  The first job
+        error is raised from the ``async for``, after every earlier result, and the
+        map's other jobs are cancelled; so are they when the loop is left early.
+        """
+        if not callable(fn):
+            _check_fn(fn, "map")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        iterators = [iter(it) for it in iterables]
+        return _map(self, fn, iterators)
+
+    async def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking jobs; with ``wait``, wait for every job to end.
+
+        ``cancel_futures`` cancels the unfinished jobs first.  ``wait=False`` cancels
+        them and returns at once without raising.  With ``wait=True`` the first job
+        error (fail-fast mode) or the executor's TimeoutError is raised here.
+        """
+        if not hasattr(self, "_loop"):
+            self._state = _State.CLOSED
+            return
+        self._close()
+        if cancel_futures or not wait:
+            self._cancel_all()
+        if not wait:
+            self._stop_idle_workers()
+            return
+        cancelled = await self._finish()
+        if cancelled is not None:
+            raise cancelled
+        self._raise_error()
+
+    async def __aenter__(self) -> CoroutineExecutor:
+        if self._entered:
+            raise RuntimeError(f"{self!r} has already been entered")
+        if hasattr(self, "_loop"):
+            raise RuntimeError(f"{self!r} was used before it was entered; enter it first")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError(f"{self!r} must be entered inside a task")
+        self._entered = True
+        self._parent_task = task
+        self._started_at = time.monotonic()
+        self._bind()
+        return self
+
+    async def __aexit__(
+        self,
+        et: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._exiting = True
+        error_before_exit = self._error
+        if isinstance(exc, _BASE_ERRORS) and self._base_error is None:
+            self._base_error = exc
+        propagate_cancel = exc if isinstance(exc, _CancelledError) else None
+        if exc is not None and not self._aborting:
+            # The body raised or was cancelled: every job is cancelled and awaited.
+            self._cancel_all()
+        # As with TaskGroup, running jobs may still submit while we wait for them (a
+        # producer job submitted by the body goes on producing); the executor closes
+        # once no job is left.
+        cancelled = await self._finish()
+        if propagate_cancel is None:
+            propagate_cancel = cancelled
+        parent = self._parent_task
+        assert parent is not None
+        if self._parent_cancel_requested:
+            # We cancelled the body (fail-fast or timeout).  On 3.11 and 3.12 a
+            # cancellation the body never reached stays pending after uncancel():
+            # take it here, or it would hit the code after the block.
+            if getattr(parent, "_must_cancel", False):
+                try:
+                    await asyncio.sleep(0)
+                except _CancelledError:
+                    pass
+            self._parent_cancel_requested = False
+            if parent.uncancel() == 0:
+                propagate_cancel = None
+        if self._base_error is not None:
+            raise self._base_error
+        if self._error is not None and not self._error_raised:
+            if exc is None or isinstance(exc, _CancelledError) or error_before_exit is not None:
+                self._error_raised = True
+                raise self._error
+        if propagate_cancel is not None:
+            raise propagate_cancel
+        return None
+
+    # ------------------------------------------------------------------ internals
+    def _bind(self) -> None:
+        super()._bind()
+        if self._timeout is not None:
+            remaining = self._timeout - (time.monotonic() - self._started_at)
+            self._timer = self._loop.call_later(max(remaining, 0.0), self._on_timeout)
+
+    def _close(self) -> None:
+        if self._state is _State.OPEN:
+            self._state = _State.CLOSING
+            self._close_gate()
+
+    def _cancel_all(self) -> None:
+        """Cancel every unfinished job; their CancelledErrors are not job errors."""
+        self._aborting = True
+        self._close()
+        self._cancel_jobs()
+
+    def _abort(self, error: BaseException) -> None:
+        """Fail-fast: record the error, cancel everything, and cancel the body."""
+        if self._error is None:
+            self._error = error
+        if self._aborting:
+            return
+        self._cancel_all()
+        parent = self._parent_task
+        if parent is not None and not self._exiting and not parent.done():
+            # As TaskGroup does: stop the body wherever it waits (a submit, a sleep).
+            self._parent_cancel_requested = True
+            parent.cancel()
+
+    def _job_failed(self, exc: BaseException, report: bool) -> None:
+        if isinstance(exc, _BASE_ERRORS):
+            if self._base_error is None:
+                self._base_error = exc
+            self._abort(exc)
+        elif self._aborting and isinstance(exc, _CancelledError):
+            return  # one of the cancellations we asked for
+        elif report and not self._suppress and self._state is not _State.CLOSED:
+            self._abort(exc)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._state is _State.CLOSED:
+            return
+        self._abort(TimeoutError(f"{self!r} timed out after {self._timeout} s"))
+
+    async def _finish(self) -> BaseException | None:
+        """Wait until every job and worker has ended.
+
+        Returns the CancelledError to propagate when the waiting task was cancelled
+        by someone else (the jobs are cancelled and still awaited then); our own
+        cancellation of the body (fail-fast, timeout) is absorbed.
+        """
+        propagate: BaseException | None = None
+        loop = self._loop
+        while self._active or self._slots:
+            if not self._active:
+                self._close()
+                self._stop_idle_workers()
+            try:
+                if self._active:
+                    if self._drained is None or self._drained.done():
+                        self._drained = loop.create_future()
+                    await self._drained
+                else:
+                    if self._workers_gone is None or self._workers_gone.done():
+                        self._workers_gone = loop.create_future()
+                    await self._workers_gone
+            except _CancelledError as ex:
+                if not self._aborting:
+                    propagate = ex
+                    self._cancel_all()
+                elif not self._parent_cancel_requested or asyncio.current_task() is not (
+                    self._parent_task
+                ):
+                    propagate = ex
+        self._close()
+        self._state = _State.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return propagate
+
+    def _raise_error(self) -> None:
+        if self._base_error is not None:
+            raise self._base_error
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self._error
+
+    def __repr__(self) -> str:
+        return (
+            f"<CoroutineExecutor max_workers={self._limit} state={self._state.value} "
+            f"running={self._running} completed={self._completed} failed={self._failed} "
+            f"cancelled={self._cancelled}>"
+        )

@@ -1,0 +1,393 @@
+"""submit(): the handle, back-pressure, FIFO fairness, cancellation, nested submission."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+import pytest
+
+from coroexecutor import CoroutineExecutor
+
+
+async def noop() -> None:
+    pass
+
+
+async def echo(x: Any) -> Any:
+    return x
+
+
+def test_submit_returns_future_handle_with_result(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=4) as exe:
+            h1 = await exe.submit(echo, 1)
+            gate = asyncio.Event()
+
+            async def slow() -> str:
+                await gate.wait()
+                return "slow"
+
+            h2 = await exe.submit(slow)
+            assert isinstance(h1, asyncio.Future) and isinstance(h2, asyncio.Future)
+            assert not h2.done()
+            seen: list[str] = []
+            h2.add_done_callback(lambda f: seen.append(f.result()))
+            gate.set()
+            assert await h2 == "slow"
+        assert h1.result() == 1 and h1.exception() is None and not h1.cancelled()
+        await asyncio.sleep(0)
+        assert seen == ["slow"]
+
+    run(main())
+
+
+def test_submit_passes_args_and_kwargs(run) -> None:
+    async def job(a: int, b: int, *, c: int = 0) -> int:
+        await asyncio.sleep(0)
+        return a * 100 + b * 10 + c
+
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            h = await exe.submit(job, 1, 2, c=3)
+        assert h.result() == 123
+
+    run(main())
+
+
+def test_submit_applies_back_pressure(run) -> None:
+    async def main() -> None:
+        gates = [asyncio.Event() for _ in range(4)]
+
+        async def job(i: int) -> int:
+            await gates[i].wait()
+            return i
+
+        async with CoroutineExecutor(max_workers=3) as exe:
+            for i in range(3):
+                await exe.submit(job, i)
+            fourth = asyncio.ensure_future(exe.submit(job, 3))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not fourth.done(), "a 4th submit must wait while 3 jobs run"
+            gates[1].set()
+            handle = await fourth  # returns once job 1 has ended
+            gates[0].set()
+            gates[2].set()
+            gates[3].set()
+        assert handle.result() == 3
+
+    run(main())
+
+
+def test_never_more_than_max_workers_run_at_once(run) -> None:
+    running = 0
+    peak = 0
+
+    async def job(i: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        for _ in range(i % 4):
+            await asyncio.sleep(0)
+        running -= 1
+
+    async def producer(exe: CoroutineExecutor, n: int) -> None:
+        for i in range(n):
+            await exe.submit(job, i)
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=5) as exe:
+            await asyncio.gather(*(producer(exe, 200) for _ in range(3)))
+        assert running == 0
+
+    run(main())
+    assert peak == 5
+
+
+def test_blocked_submitters_are_served_first_in_first_out(run) -> None:
+    order: list[int] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def blocker() -> None:
+            await gate.wait()
+
+        async def record(i: int) -> None:
+            order.append(i)
+
+        async with CoroutineExecutor(max_workers=1) as exe:
+            await exe.submit(blocker)
+            submitters = []
+            for i in range(5):
+                submitters.append(asyncio.ensure_future(exe.submit(record, i)))
+                await asyncio.sleep(0)  # each one blocks before the next arrives
+            gate.set()
+            await asyncio.gather(*submitters)
+
+    run(main())
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_handle_cancel_cancels_running_job(run) -> None:
+    seen: list[str] = []
+
+    async def job() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def main() -> None:
+        async with CoroutineExecutor(suppress_task_errors=True) as exe:
+            h = await exe.submit(job)
+            assert h.cancel() is True
+            assert h.cancelled()
+        assert seen == ["cancelled"]
+
+    run(main())
+
+
+def test_handle_cancel_cancels_job_waiting_on_event(run) -> None:
+    async def main() -> None:
+        ev = asyncio.Event()
+        async with CoroutineExecutor(max_workers=2, suppress_task_errors=True) as exe:
+            h = await exe.submit(ev.wait)
+            await asyncio.sleep(0)
+            h.cancel()
+            other = await exe.submit(echo, "still works")
+        assert h.cancelled()
+        assert other.result() == "still works"
+
+    run(main())
+
+
+def test_handle_cancel_of_finished_job_keeps_result(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            h = await exe.submit(echo, 7)
+            assert h.cancel() is False
+        assert h.result() == 7
+
+    run(main())
+
+
+def test_submit_from_inside_a_job_never_deadlocks(run) -> None:
+    results: list[int] = []
+
+    async def child(i: int) -> None:
+        await asyncio.sleep(0)
+        results.append(i)
+
+    async def producer(exe: CoroutineExecutor, base: int) -> None:
+        for i in range(10):
+            await exe.submit(child, base + i)
+
+    async def main() -> None:
+        # W producers fill every slot, then each submits children: a Semaphore would
+        # deadlock here; the producers lend their slot instead.
+        async with CoroutineExecutor(max_workers=3) as exe:
+            for p in range(3):
+                await exe.submit(producer, exe, p * 100)
+
+    run(main())
+    assert sorted(results) == sorted(p * 100 + i for p in range(3) for i in range(10))
+
+
+def test_producer_blocked_in_submit_lends_its_slot_and_limit_holds(run) -> None:
+    running = 0
+    peak = 0
+
+    async def child() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        running -= 1
+
+    async def producer(exe: CoroutineExecutor) -> None:
+        nonlocal running
+        running += 1
+        for _ in range(20):
+            running -= 1  # blocked in submit: not counted
+            await exe.submit(child)
+            running += 1
+        running -= 1
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=2) as exe:
+            await exe.submit(producer, exe)
+            await exe.submit(producer, exe)
+
+    run(main())
+    assert peak <= 2
+
+
+def test_recursive_jobs_submitting_grandchildren(run) -> None:
+    count = 0
+
+    async def tree(exe: CoroutineExecutor, depth: int) -> None:
+        nonlocal count
+        count += 1
+        await asyncio.sleep(0)
+        if depth:
+            for _ in range(3):
+                await exe.submit(tree, exe, depth - 1)
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=2) as exe:
+            await exe.submit(tree, exe, 4)
+
+    run(main())
+    assert count == 1 + 3 + 9 + 27 + 81
+
+
+def test_job_runs_in_its_own_task_not_the_submitters(run) -> None:
+    async def main() -> None:
+        me = asyncio.current_task()
+
+        async def job() -> tuple[bool, bool]:
+            first = asyncio.current_task()
+            await asyncio.sleep(0)
+            return first is not me, asyncio.current_task() is first
+
+        async with CoroutineExecutor() as exe:
+            h = await exe.submit(job)
+        assert h.result() == (True, True)
+
+    run(main())
+
+
+def test_asyncio_timeout_inside_a_job_cancels_only_that_job(run) -> None:
+    async def job() -> str:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            return "job timed out"
+        return "no"
+
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            h = await exe.submit(job)
+            await asyncio.sleep(0.05)  # the body must not be hit by the job's timeout
+        assert h.result() == "job timed out"
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    run(main())
+
+
+def test_taskgroup_inside_a_job(run) -> None:
+    async def job() -> int:
+        async with asyncio.TaskGroup() as tg:
+            ts = [tg.create_task(echo(i)) for i in range(3)]
+        return sum(t.result() for t in ts)
+
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            hs = [await exe.submit(job) for _ in range(5)]
+        assert [h.result() for h in hs] == [3] * 5
+
+    run(main())
+
+
+def test_job_that_awaits_another_handle(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=4) as exe:
+            gate = asyncio.Event()
+
+            async def first() -> int:
+                await gate.wait()
+                return 1
+
+            h1 = await exe.submit(first)
+
+            async def second() -> int:
+                return await h1 + 1
+
+            h2 = await exe.submit(second)
+            gate.set()
+        assert h2.result() == 2
+
+    run(main())
+
+
+def test_executor_keeps_no_reference_to_finished_jobs(run) -> None:
+    class Result:
+        pass
+
+    refs: list[weakref.ref[Any]] = []
+
+    async def job() -> Result:
+        await asyncio.sleep(0)
+        r = Result()
+        refs.append(weakref.ref(r))
+        return r
+
+    async def quick() -> Result:
+        r = Result()
+        refs.append(weakref.ref(r))
+        return r
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=10) as exe:
+            for _ in range(50):
+                await exe.submit(job)
+                await exe.submit(quick)
+            await asyncio.sleep(0.01)
+            gc.collect()
+            assert refs and all(r() is None for r in refs), "finished jobs must not be kept"
+
+    run(main())
+
+
+def test_worker_slots_are_bounded_by_max_workers(run) -> None:
+    async def job(i: int) -> None:
+        if i % 2:
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=8) as exe:
+            for i in range(5000):
+                await exe.submit(job, i)
+                assert len(asyncio.all_tasks()) <= 1 + 8
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    run(main())
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_max_workers_must_be_positive(value: int) -> None:
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        CoroutineExecutor(max_workers=value)
+
+
+@pytest.mark.parametrize("value", ["10", 1.5, True, None])
+def test_max_workers_must_be_an_int(value: Any) -> None:
+    with pytest.raises(TypeError, match="max_workers must be an int"):
+        CoroutineExecutor(max_workers=value)
+
+
+def test_submit_after_exit_raises_runtime_error(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            pass
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            await exe.submit(noop)
+
+    run(main())
+
+
+def test_executor_cannot_be_entered_twice(run) -> None:
+    async def main() -> None:
+        exe = CoroutineExecutor()
+        async with exe:
+            with pytest.raises(RuntimeError, match="already been entered"):
+                await exe.__aenter__()
+
+    run(main())
