@@ -203,7 +203,7 @@ def _drive(
             exc = None
         try:
             yield pending
-        except BaseException as thrown:  # noqa: BLE001 - forwarded into the job
+        except BaseException as thrown:
             exc = thrown
         else:
             return (yield from coro)
@@ -223,7 +223,7 @@ def _work(slot: _Slot) -> Generator[Any, Any, None]:
     try:
         try:
             yield  # primed by _Engine._new_slot: a cancellation before our first step lands below
-        except BaseException as thrown:  # noqa: BLE001
+        except BaseException as thrown:
             exc = thrown
         while True:
             if slot.coro is None:
@@ -231,14 +231,15 @@ def _work(slot: _Slot) -> Generator[Any, Any, None]:
                     slot._asyncio_future_blocking = True
                     try:
                         yield slot  # park until a job arrives
-                    except BaseException as thrown:  # noqa: BLE001
+                    except BaseException as thrown:
                         exc = thrown
                     slot.parked = False
                 if slot.coro is None:
                     if exc is not None:
                         raise exc
                     return
-            coro = slot.coro
+            coro: Coroutine[Any, Any, Any] | None = slot.coro
+            assert coro is not None
             state = slot.state
             slot.state = _RUN
             try:
@@ -255,7 +256,7 @@ def _work(slot: _Slot) -> Generator[Any, Any, None]:
                 # happen when the loop is torn down without cancelling its tasks).
                 engine._job_raised(slot, _CancelledError("worker destroyed"))
                 raise
-            except BaseException as err:  # noqa: BLE001 - every outcome is accounted for
+            except BaseException as err:
                 exc = None
                 engine._job_raised(slot, err)
             else:
@@ -287,7 +288,7 @@ async def _with_initializer(
 def _as_coroutine(fn: Any, obj: Any) -> Coroutine[Any, Any, Any]:
     """What a job's function returned, as a coroutine, or a TypeError naming the mistake."""
     if type(obj) is _CoroutineType:
-        return obj  # type: ignore[no-any-return]
+        return obj
     if inspect.isawaitable(obj):
         return _await_awaitable(obj)
     if inspect.isasyncgen(obj):
@@ -462,7 +463,7 @@ class _Engine:
                     coro = _as_coroutine(fn, coro)
             else:
                 coro = _with_initializer(self._initializer, self._initargs, fn, args, kwargs)
-        except BaseException as exc:  # noqa: BLE001 - the job fails with it
+        except BaseException as exc:
             self._release()
             self._settle_raised(handle, exc, report)
             return handle
@@ -492,12 +493,14 @@ class _Engine:
                 self._release()
             else:
                 self._running -= 1
-            if slot.cancel_requested or (not slot.parked and slot.task.cancelling()):  # type: ignore[union-attr]
+            if slot.cancel_requested or (
+                not slot.parked and (slot.task.cancelling() or self._copy_context)  # type: ignore[union-attr]
+            ):
                 self._after_eager(slot)
             else:
                 free.append(slot)
             return handle
-        except BaseException as exc:  # noqa: BLE001 - the job fails with it
+        except BaseException as exc:
             _swap_current_task(loop, prev)
             slot.state = _IDLE
             self._release()
@@ -561,8 +564,6 @@ class _Engine:
             assert self._context is not None
             ctx = self._context.copy()
         slot = _Slot(self, ctx)
-        # A copied context serves one job: its slot takes _after_eager()'s slow path.
-        slot.cancel_requested = self._copy_context
         coro = _worker(slot)
         coro.send(None)  # prime it, so even a cancellation before its first step is caught
         task = self._loop.create_task(coro, context=ctx)
@@ -657,8 +658,15 @@ class _Engine:
     def _cancel_jobs(self) -> None:
         """Cancel every job that has not ended."""
         for slot in list(self._slots.values()):
-            if slot.state not in (_IDLE, _STOP) and slot.task is not None:
-                slot.task.cancel()
+            if slot.state in (_IDLE, _STOP) or slot.task is None:
+                continue
+            handle = slot.handle
+            if handle is not None:
+                # The handle says "cancelled" at once, as Future.cancel() does; the
+                # job itself unwinds in its worker, and exit/shutdown wait for that.
+                handle.remove_done_callback(slot.on_handle_done)
+                handle.cancel()
+            slot.task.cancel()
 
     def _close_gate(self) -> None:
         """No new jobs: blocked submitters are woken to raise RuntimeError."""

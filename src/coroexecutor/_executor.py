@@ -134,7 +134,9 @@ class CoroutineExecutor(_Engine):
         error_before_exit = self._error
         if isinstance(exc, _BASE_ERRORS) and self._base_error is None:
             self._base_error = exc
-        propagate_cancel = exc if isinstance(exc, _CancelledError) else None
+        propagate_cancel: BaseException | None = None
+        if isinstance(exc, _CancelledError):
+            propagate_cancel = exc
         if exc is not None and not self._aborting:
             # The body raised or was cancelled: every job is cancelled and awaited.
             self._cancel_all()
@@ -160,10 +162,13 @@ class CoroutineExecutor(_Engine):
                 propagate_cancel = None
         if self._base_error is not None:
             raise self._base_error
-        if self._error is not None and not self._error_raised:
-            if exc is None or isinstance(exc, _CancelledError) or error_before_exit is not None:
-                self._error_raised = True
-                raise self._error
+        # The first failure wins: a job error that caused the shutdown beats what the
+        # body raised because of it; an error of the body's own beats later job errors.
+        body_error = exc is not None and not isinstance(exc, _CancelledError)
+        job_error_first = not body_error or error_before_exit is not None
+        if self._error is not None and not self._error_raised and job_error_first:
+            self._error_raised = True
+            raise self._error
         if propagate_cancel is not None:
             raise propagate_cancel
         return None

@@ -31,7 +31,7 @@ async def _map(
     pending: deque[asyncio.Future[Any]] = deque()
     reorder = exe._limit
     try:
-        for args in zip(*iterators):
+        for args in zip(*iterators, strict=False):  # zip semantics: stop at the shortest
             # submit()'s fast path, inlined: this loop is the hot path of map.
             if exe._running < exe._cap:
                 exe._running += 1

@@ -1,0 +1,248 @@
+"""map(): ordered, zip semantics, lazy and bounded, errors in order, clean early exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coroexecutor import CoroutineExecutor
+
+
+class Boom(Exception):
+    pass
+
+
+async def delayed(x: Any, dt: float = 0.0) -> Any:
+    await asyncio.sleep(dt)
+    return x
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_map_yields_results_in_input_order(run) -> None:
+    async def main() -> None:
+        delays = [0.03, 0.0, 0.02, 0.01, 0.0]
+        async with CoroutineExecutor(max_workers=5) as exe:
+            out = [r async for r in exe.map(delayed, range(5), delays)]
+        assert out == [0, 1, 2, 3, 4]
+
+    run(main())
+
+
+def test_map_zips_iterables_and_stops_at_the_shortest(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            out = [r async for r in exe.map(add, [1, 2, 3, 4], (10, 20, 30))]
+        assert out == [11, 22, 33]
+
+    run(main())
+
+
+def test_map_of_empty_input_yields_nothing(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            assert [r async for r in exe.map(add, [], [])] == []
+
+    run(main())
+
+
+def test_map_pulls_input_lazily_with_bounded_memory(run) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        i = 0
+        while True:
+            pulled += 1
+            yield i
+            i += 1
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=10) as exe:
+            results = exe.map(delayed, endless(), itertools.repeat(0.001))
+            got = []
+            async for r in results:
+                got.append(r)
+                if len(got) == 50:
+                    break
+            await results.aclose()
+            # max_workers in flight plus a reorder buffer of as many: never the input
+            assert pulled <= 50 + 2 * 10 + 1
+        assert got == list(range(50))
+
+    run(main())
+
+
+def test_map_reorder_buffer_is_bounded_behind_a_slow_job(run) -> None:
+    pulled = 0
+
+    def items() -> Iterator[float]:
+        nonlocal pulled
+        yield 0.05  # the first job is slow; the others finish at once
+        for _ in range(10_000):
+            pulled += 1
+            yield 0.0
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=4) as exe:
+            it = exe.map(delayed, items(), items())
+            first = await it.__anext__()
+            assert first == 0.05
+            assert pulled <= 2 * 4 + 2, pulled
+            await it.aclose()
+
+    run(main())
+
+
+def test_map_error_is_raised_after_earlier_results(run) -> None:
+    results: list[float] = []
+
+    async def f(dt: float) -> float:
+        await asyncio.sleep(dt)
+        if dt == 0.02:
+            raise Boom("oh noes")
+        return dt
+
+    async def main() -> None:
+        # the failing job finishes *before* the earlier, slower one: the error still
+        # comes in its place, after 0.05 has been yielded
+        async with CoroutineExecutor() as exe:
+            with pytest.raises(Boom):
+                async for r in exe.map(f, [0.05, 0.02, 0.5]):
+                    results.append(r)
+
+    run(main())
+    assert results == [0.05]
+
+
+def test_map_error_cancels_the_other_map_jobs(run) -> None:
+    cancelled: list[int] = []
+
+    async def f(i: int) -> int:
+        if i == 1:
+            await asyncio.sleep(0.01)
+            raise Boom
+        try:
+            await asyncio.sleep(0.01 if i == 0 else 3600)
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+        return i
+
+    async def main() -> None:
+        with pytest.raises(Boom):
+            async with CoroutineExecutor() as exe:
+                async for _ in exe.map(f, range(5)):
+                    pass
+
+    run(main())
+    assert sorted(cancelled) == [2, 3, 4]
+
+
+def test_map_error_under_suppress_task_errors_is_still_raised_from_the_loop(run) -> None:
+    async def f(i: int) -> int:
+        if i == 2:
+            raise Boom
+        return i
+
+    async def main() -> None:
+        got = []
+        async with CoroutineExecutor(suppress_task_errors=True) as exe:
+            with pytest.raises(Boom):
+                async for r in exe.map(f, range(5)):
+                    got.append(r)
+            other = await exe.submit(delayed, "executor still open")
+        assert got == [0, 1]
+        assert other.result() == "executor still open"
+
+    run(main())
+
+
+def test_map_breaking_out_early_cancels_unfinished_jobs(run) -> None:
+    cancelled: list[int] = []
+
+    async def f(i: int) -> int:
+        try:
+            await asyncio.sleep(0 if i == 0 else 3600)
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+        return i
+
+    async def main() -> None:
+        async with (
+            CoroutineExecutor(max_workers=4) as exe,
+            contextlib.aclosing(exe.map(f, range(100))) as results,
+        ):
+            async for r in results:
+                assert r == 0
+                break
+
+    run(main())
+    assert sorted(cancelled) == [1, 2, 3, 4]  # the rest were never pulled
+
+
+def test_map_aclose_cancels_unfinished_jobs_and_leaves_no_task(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=8) as exe:
+            it = exe.map(delayed, range(20), [0.0] + [3600.0] * 19)
+            assert await it.__anext__() == 0
+            await it.aclose()
+            other = await exe.submit(delayed, "go on")
+        assert other.result() == "go on"
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    run(main())
+
+
+def test_map_fails_fast_for_other_executor_jobs_too(run) -> None:
+    async def main() -> None:
+        with pytest.raises(Boom):
+            async with CoroutineExecutor() as exe:
+
+                async def fail() -> None:
+                    await asyncio.sleep(0.01)
+                    raise Boom
+
+                await exe.submit(fail)
+                async for _ in exe.map(delayed, range(3), [3600] * 3):
+                    pass
+
+    run(main())
+
+
+def test_map_of_a_million_noop_items_keeps_memory_flat(run) -> None:
+    async def ident(x: int) -> int:
+        return x
+
+    async def main() -> None:
+        total = 0
+        async with CoroutineExecutor(max_workers=100) as exe:
+            async for r in exe.map(ident, range(200_000)):
+                total += r
+        assert total == sum(range(200_000))
+
+    run(main(), debug=False)
+
+
+def test_map_bad_input(run) -> None:
+    async def f(x: int) -> int:
+        return x
+
+    async def main() -> None:
+        async with CoroutineExecutor() as exe:
+            with pytest.raises(TypeError, match=r"not map\(f\(x\)\)"):
+                exe.map(f(1), [1])  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="at least one iterable"):
+                exe.map(f)
+            with pytest.raises(TypeError):
+                exe.map(f, 5)  # type: ignore[arg-type]
+
+    run(main())
