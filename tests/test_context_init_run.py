@@ -164,3 +164,16 @@ def test_run_returns_the_result_and_propagates_errors() -> None:
 def test_public_names() -> None:
     assert coroexecutor.__all__ == ("CoroutineExecutor", "run")
     assert isinstance(coroexecutor.__all__, tuple)
+
+
+def test_copy_context_keeps_tasks_bounded_by_max_workers(run) -> None:
+    async def noop() -> None:
+        pass
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=8, copy_context=True) as exe:
+            for i in range(3000):
+                await exe.submit(noop if i % 3 else read_var)
+                assert len(asyncio.all_tasks()) <= 1 + 8
+
+    run(main())

@@ -439,3 +439,34 @@ def test_job_swallowing_cancellation_still_ends_before_exit(run) -> None:
         assert ended == ["swallowed"]
 
     run(main())
+
+
+def test_job_error_that_caused_the_shutdown_beats_the_bodys_reaction(run) -> None:
+    async def main() -> None:
+        with pytest.raises(Boom) as info:
+            async with CoroutineExecutor() as exe:
+                await exe.submit(fail_soon, 0.01)
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    raise ValueError("body reacting to the shutdown") from None
+        assert isinstance(info.value.__context__, ValueError)
+
+    run(main())
+
+
+def test_body_error_of_its_own_beats_job_errors_during_cancellation(run) -> None:
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise Boom("while cancelled") from None
+
+    async def main() -> None:
+        with pytest.raises(KeyError):
+            async with CoroutineExecutor() as exe:
+                await exe.submit(fails_when_cancelled)
+                await asyncio.sleep(0)
+                raise KeyError("body")
+
+    run(main())

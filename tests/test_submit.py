@@ -391,3 +391,29 @@ def test_executor_cannot_be_entered_twice(run) -> None:
                 await exe.__aenter__()
 
     run(main())
+
+
+def test_executor_dropped_without_shutdown_leaves_no_destroyed_task(loop_kind: str) -> None:
+    # Its parked workers must survive the garbage collector until the loop ends them.
+    errors: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
+        exe = CoroutineExecutor(max_workers=4)
+        for _ in range(4):
+            await exe.submit(asyncio.sleep, 0)
+        await asyncio.sleep(0.01)
+        del exe
+        gc.collect()
+        await asyncio.sleep(0)
+
+    import coroexecutor
+
+    if loop_kind == "eager":
+        with asyncio.Runner() as r:
+            r.get_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+            r.run(main())
+    else:
+        coroexecutor.run(main(), uvloop=loop_kind == "uvloop")
+    gc.collect()
+    assert errors == []

@@ -31,6 +31,7 @@ import asyncio
 import contextvars
 import enum
 import inspect
+import itertools
 import sys
 import types
 from collections import deque
@@ -43,10 +44,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _CoroutineType: Final = types.CoroutineType
+_send: Final = types.CoroutineType.send  # unbound: no bound method made per job
 _CancelledError: Final = asyncio.CancelledError
 _BASE_ERRORS: Final = (KeyboardInterrupt, SystemExit)
 
 _Future: Final = asyncio.Future
+_IGNORE_CALLBACK: Final = "".format  # a C callable that takes any arguments and does nothing
 
 # During a job's first step (inside submit) the current task must be the worker's, as
 # it is for an eager task: asyncio.timeout(), TaskGroup and current_task() in the job
@@ -67,6 +70,13 @@ else:  # pragma: no cover - exercised on 3.11 only
         else:
             _current_tasks[loop] = task
         return prev
+
+
+# Executors that have worker tasks.  A parked worker is referenced only by its executor
+# (the loop holds tasks weakly), so an executor dropped without shutdown() would let the
+# garbage collector destroy pending tasks; this keeps them until they end (at the latest
+# when asyncio.run() cancels what is left).
+_LIVE: Final[set[Any]] = set()
 
 
 class _State(enum.Enum):
@@ -93,16 +103,19 @@ class _Slot:
 
     __slots__ = (
         "_asyncio_future_blocking",
+        "add_done_callback",
         "cancel_requested",
         "coro",
         "counted",
         "ctx",
         "engine",
         "first",
+        "get_loop",
         "handle",
         "loop",
         "on_handle_done",
         "parked",
+        "release_on_exit",
         "report",
         "state",
         "task",
@@ -126,17 +139,23 @@ class _Slot:
         self.report = True
         self.counted = True
         self.cancel_requested = False
+        self.release_on_exit = False
         self.on_handle_done = self._on_handle_done
+        # The future protocol, as much of it as a Task uses on what it awaits.  Our
+        # task calls get_loop() and add_done_callback() each time it parks on us:
+        # both are C callables here, to keep the worker's hot path out of Python.
+        self.get_loop: Callable[[], asyncio.AbstractEventLoop] = itertools.repeat(
+            self.loop
+        ).__next__
+        self.add_done_callback: Callable[..., object] = self._capture_wakeup
 
-    # --- the future protocol, as much of it as a Task uses on what it awaits ---
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self.loop
-
-    def add_done_callback(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
-        # Called by our own task when it parks on us: keep its wake-up callback.
+    def _capture_wakeup(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
+        # The first time our task parks on us, keep its wake-up callback (bound to the
+        # task, valid for its whole life) and the task's context.  Later parks need
+        # nothing: a C no-op that takes any arguments stands in.
         self.wakeup = fn
         self.wctx = context
-        self.parked = True
+        self.add_done_callback = _IGNORE_CALLBACK
 
     def remove_done_callback(self, fn: Any) -> int:  # pragma: no cover - asyncio never calls it
         return 0
@@ -229,6 +248,7 @@ def _work(slot: _Slot) -> Generator[Any, Any, None]:
             if slot.coro is None:
                 if exc is None and slot.state != _STOP:
                     slot._asyncio_future_blocking = True
+                    slot.parked = True  # our task registers with the slot as we yield it
                     try:
                         yield slot  # park until a job arrives
                     except BaseException as thrown:
@@ -238,8 +258,7 @@ def _work(slot: _Slot) -> Generator[Any, Any, None]:
                     if exc is not None:
                         raise exc
                     return
-            coro: Coroutine[Any, Any, Any] | None = slot.coro
-            assert coro is not None
+            coro: Any = slot.coro
             state = slot.state
             slot.state = _RUN
             try:
@@ -379,17 +398,17 @@ class _Engine:
         inside this call, and runs until its first suspension before submit returns
         (as with ``asyncio.eager_task_factory``).
         """
-        if not callable(fn):
-            _check_fn(fn, "submit")
         if self._running < self._cap:
             self._running += 1
-            return self._start(fn, args, kwargs, True)
+            return self._start(fn, args, kwargs, True)  # refuses a bad fn itself
         return await self._submit_slow(fn, args, kwargs, True)
 
     async def _submit_slow(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
     ) -> asyncio.Future[Any]:
         """submit() when the gate is shut: not yet bound, full, or closed."""
+        if not callable(fn):
+            _check_fn(fn, "submit")
         try:
             loop = self._loop
         except AttributeError:
@@ -465,6 +484,8 @@ class _Engine:
                 coro = _with_initializer(self._initializer, self._initargs, fn, args, kwargs)
         except BaseException as exc:
             self._release()
+            if not callable(fn):  # bad input: refused by submit, not a job failure
+                _check_fn(fn, "submit")
             self._settle_raised(handle, exc, report)
             return handle
         free = self._free
@@ -477,7 +498,7 @@ class _Engine:
         else:
             prev = _swap_current_task(loop, slot.task)
         try:
-            first = slot.ctx.run(coro.send, None)
+            first = slot.ctx.run(_send, coro, None)
         except StopIteration as stop:
             if ct is not None:
                 if prev is None:
@@ -489,21 +510,20 @@ class _Engine:
             slot.state = _IDLE
             handle.set_result(stop.value)
             self._completed += 1
-            if self._waiters:
-                self._release()
-            else:
-                self._running -= 1
             if slot.cancel_requested or (
                 not slot.parked and (slot.task.cancelling() or self._copy_context)  # type: ignore[union-attr]
             ):
                 self._after_eager(slot)
             else:
+                if self._waiters:
+                    self._release()
+                else:
+                    self._running -= 1
                 free.append(slot)
             return handle
         except BaseException as exc:
             _swap_current_task(loop, prev)
             slot.state = _IDLE
-            self._release()
             self._after_eager(slot)
             self._settle_raised(handle, exc, report)
             return handle
@@ -545,16 +565,23 @@ class _Engine:
         return handle
 
     def _after_eager(self, slot: _Slot) -> None:
-        """A job ended in its first step on a slot that may have been cancelled meanwhile."""
+        """A job ended in its first step: release its count and recycle or end the slot."""
         assert slot.task is not None
-        if slot.cancel_requested or slot.task.cancelling() or self._copy_context:
-            # A cancelled task carries its cancellation into whatever it runs next,
-            # and a copied context serves one job only: this worker ends here.
+        if slot.cancel_requested or slot.task.cancelling():
+            # A cancelled task carries its cancellation into whatever it runs next.
             slot.cancel_requested = False
+            self._release()
+            self._stop_slot(slot)
+        elif self._copy_context:
+            # One job per task here, and this task has yet to take its (last) step:
+            # the count goes back when it has, so at most max_workers such tasks exist.
+            slot.release_on_exit = True
             self._stop_slot(slot)
         elif self._state is _State.OPEN:
+            self._release()
             self._free.append(slot)
         else:
+            self._release()
             self._stop_slot(slot)
 
     def _new_slot(self) -> _Slot:
@@ -568,6 +595,8 @@ class _Engine:
         coro.send(None)  # prime it, so even a cancellation before its first step is caught
         task = self._loop.create_task(coro, context=ctx)
         slot.task = task
+        if not self._slots:
+            _LIVE.add(self)
         self._slots[task] = slot
         task.add_done_callback(_retrieve)
         return slot
@@ -579,8 +608,13 @@ class _Engine:
             self._loop.call_soon(slot.wakeup, self._done_fut, context=slot.wctx)
 
     def _worker_exited(self, slot: _Slot) -> None:
+        if slot.release_on_exit:
+            slot.release_on_exit = False
+            self._release()
         if slot.task is not None:
             self._slots.pop(slot.task, None)
+        if not self._slots:
+            _LIVE.discard(self)
         try:
             self._free.remove(slot)  # only if it died while parked (rare)
         except ValueError:
@@ -590,20 +624,37 @@ class _Engine:
 
     # ------------------------------------------------------------------ job end
     def _job_returned(self, slot: _Slot, result: Any) -> None:
+        """A job ended in its worker with a result (the worker's hot path, inlined)."""
         handle = slot.handle
         assert handle is not None
         slot.handle = None
         slot.coro = None
         slot.first = None
-        self._active -= 1
         if handle.done():  # its handle was cancelled while the job ran
+            self._active -= 1
             self._cancelled += 1
             self._end_slot(slot)
             self._job_cancelled_by_handle(slot.report)
+            return
+        handle.remove_done_callback(slot.on_handle_done)
+        handle.set_result(result)
+        self._completed += 1
+        self._active -= 1
+        if slot.counted:
+            if self._waiters:
+                self._release()
+            else:
+                self._running -= 1
         else:
-            handle.remove_done_callback(slot.on_handle_done)
-            handle.set_result(result)
-            self._completed += 1
+            slot.counted = True
+        task = slot.task
+        if self._state is _State.OPEN and not task.cancelling() and not self._copy_context:  # type: ignore[union-attr]
+            slot.state = _IDLE
+            self._free.append(slot)
+            if self._active == 0 and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+        else:
+            slot.counted = False  # released above
             self._end_slot(slot)
 
     def _job_raised(self, slot: _Slot, exc: BaseException) -> None:
@@ -622,8 +673,7 @@ class _Engine:
         """The job on ``slot`` ended: release its count and park, retire or stop the slot."""
         if slot.counted:
             self._release()
-        else:
-            slot.counted = True
+        slot.counted = True
         assert slot.task is not None
         if slot.task.cancelling() or self._copy_context:
             # A cancelled task carries its cancellation (count, pending throw) into
