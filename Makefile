@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint typecheck unit matrix bench clean
+.PHONY: test lint typecheck unit matrix bench bench-10m clean
 
 $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 
 ## make test: lint, mypy --strict, the suite on asyncio + uvloop (+ eager factory on
@@ -27,6 +33,17 @@ unit: $(VENV)/.test-installed
 
 matrix: $(VENV)/.test-installed
 	PYTHON=$(PY) bash scripts/test-matrix.sh
+
+## make bench: every contender x workload x loop, each in its own process (about two
+## minutes); N=10000000 pushes ten million jobs; BENCH_ARGS passes more flags to bench.run.
+N ?=
+BENCH_ARGS ?=
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench.run $(if $(N),--n $(N)) $(BENCH_ARGS)
+
+bench-10m: $(VENV)/.bench-installed
+	$(PY) -m bench.run --n 10000000 --workloads noop \
+		--contenders floor,coroexecutor-submit,coroexecutor-map $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache build dist

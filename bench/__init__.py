@@ -1,0 +1,1 @@
+"""Benchmark harness for coroexecutor: `python -m bench.run` (see bench/README.md)."""
