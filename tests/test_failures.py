@@ -168,9 +168,15 @@ def test_fail_fast_new_submits_from_other_tasks_raise_runtime_error(run) -> None
     async def main() -> None:
         exe = CoroutineExecutor()
         errors: list[BaseException] = []
+        failing = asyncio.Event()
+
+        async def fail_and_tell() -> None:
+            await asyncio.sleep(0)
+            failing.set()
+            raise Boom
 
         async def outsider() -> None:
-            await asyncio.sleep(0.02)
+            await failing.wait()  # the executor shut down in the same step
             try:
                 await exe.submit(sleep_forever)
             except RuntimeError as e:
@@ -179,7 +185,7 @@ def test_fail_fast_new_submits_from_other_tasks_raise_runtime_error(run) -> None
         other = asyncio.ensure_future(outsider())
         with pytest.raises(Boom):
             async with exe:
-                await exe.submit(fail_soon, 0.01)
+                await exe.submit(fail_and_tell)
                 await asyncio.sleep(3600)
         await other
         assert len(errors) == 1
@@ -355,7 +361,8 @@ def test_outer_cancellation_while_exit_waits(run) -> None:
                 handles.append(await exe.submit(stubborn))
 
         t = asyncio.ensure_future(body())
-        await asyncio.sleep(0.01)  # now body waits in __aexit__
+        for _ in range(3):
+            await asyncio.sleep(0)  # body submits, leaves the block, waits in __aexit__
         t.cancel()
         await asyncio.sleep(0)
         t.cancel()  # twice in a row
