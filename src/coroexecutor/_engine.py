@@ -510,8 +510,11 @@ class _Engine:
             slot.state = _IDLE
             handle.set_result(stop.value)
             self._completed += 1
+            # A parked worker's task reports a cancellation through slot.cancel(); one
+            # that has not run yet only records it (Task._must_cancel, in the C and the
+            # Python Task alike), which would hit the next job it runs.
             if slot.cancel_requested or (
-                not slot.parked and (slot.task.cancelling() or self._copy_context)  # type: ignore[union-attr]
+                not slot.parked and (slot.task._must_cancel or self._copy_context)  # type: ignore[union-attr]
             ):
                 self._after_eager(slot)
             else:
@@ -567,7 +570,7 @@ class _Engine:
     def _after_eager(self, slot: _Slot) -> None:
         """A job ended in its first step: release its count and recycle or end the slot."""
         assert slot.task is not None
-        if slot.cancel_requested or slot.task.cancelling():
+        if slot.cancel_requested or slot.task.cancelling() or slot.task._must_cancel:  # type: ignore[attr-defined]
             # A cancelled task carries its cancellation into whatever it runs next.
             slot.cancel_requested = False
             self._release()
