@@ -7,7 +7,7 @@ Run millions of coroutines with at most ``max_workers`` of them in flight::
             await exe.submit(fetch, line)   # waits while 10,000 jobs are running
 """
 
-from ._executor import CoroutineExecutor
+from ._executor import CoroutineExecutor, ExecutorFull, ExecutorStats
 from ._runner import run
 
-__all__ = ("CoroutineExecutor", "run")
+__all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats", "run")

@@ -291,17 +291,23 @@ async def _await_awaitable(aw: Awaitable[Any]) -> Any:
     return await aw
 
 
-async def _with_initializer(
-    init: Callable[..., Any],
+async def _wrapped_job(
+    init: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
+    job_timeout: float | None,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    r = init(*initargs)
-    if inspect.isawaitable(r):
-        await r
-    return await _as_coroutine(fn, fn(*args, **kwargs))
+    """A job with the executor's initializer before it and/or its job_timeout around it."""
+    if init is not None:
+        r = init(*initargs)
+        if inspect.isawaitable(r):
+            await r
+    if job_timeout is None:
+        return await _as_coroutine(fn, fn(*args, **kwargs))
+    async with asyncio.timeout(job_timeout):
+        return await _as_coroutine(fn, fn(*args, **kwargs))
 
 
 def _as_coroutine(fn: Any, obj: Any) -> Coroutine[Any, Any, Any]:
@@ -341,6 +347,26 @@ def _check_fn(fn: Any, what: str) -> None:
     raise TypeError(f"{what}() needs a callable as its first argument, got {fn!r}")
 
 
+class _Queued:
+    """A job of submit_nowait() waiting for a worker (or, rate-limited, for its turn)."""
+
+    __slots__ = ("args", "fn", "handle", "kwargs", "report")
+
+    def __init__(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handle: asyncio.Future[Any],
+        report: bool,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.handle = handle
+        self.report = report
+
+
 class _Engine:
     """Worker slots, free list, back-pressure gate and job lifecycle.
 
@@ -358,7 +384,15 @@ class _Engine:
         self._cap = 0
         self._running = 0  # jobs holding a count (the ones max_workers limits)
         self._active = 0  # jobs that suspended and are not finished (in worker slots)
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        # First in, first out: blocked submitters (a future each) and queued jobs of
+        # submit_nowait(), in the order they arrived.
+        self._waiters: deque[asyncio.Future[Any] | _Queued] = deque()
+        self._ready: deque[_Queued] = deque()  # queued jobs holding a count, to start
+        self._ready_scheduled = False
+        self._pending = 0  # queued jobs not started yet (in _waiters or _ready)
+        self._interval: float | None = None  # 1 / max_per_second
+        self._next_start = 0.0  # the loop time before which no job may start (rate limit)
+        self._job_factory: Callable[..., Coroutine[Any, Any, Any]] | None = None
         self._free: list[_Slot] = []
         self._slots: dict[asyncio.Task[None], _Slot] = {}
         self._copy_context = copy_context
@@ -385,8 +419,13 @@ class _Engine:
         # loop.create_future() is a Python-level method on the default loop; call the
         # C constructor directly where that is all it does (asyncio's and uvloop's loops).
         self._plain_futures = _plain_create_future(loop)
-        if self._state is _State.OPEN:
-            self._cap = self._limit
+        self._refresh_gate()
+
+    def _refresh_gate(self) -> None:
+        """Open submit()'s fast path only where it may be used: bound, open, no rate limit."""
+        bound = self._done_fut is not None
+        plain = self._state is _State.OPEN and self._interval is None and bound
+        self._cap = self._limit if plain else 0
 
     # ------------------------------------------------------------------ submit
     async def submit(
@@ -418,29 +457,124 @@ class _Engine:
             if asyncio.get_running_loop() is not loop:
                 raise RuntimeError(f"{self!r} is bound to another event loop")
         self._check_open()
+        if self._running < self._limit and not self._waiters:
+            self._running += 1
+        else:
+            # Full.  A job submitting to its own executor lends its count to the new
+            # job (which starts now) and waits for a count to resume: W producers can
+            # never starve their own children.
+            parent = self._slots.get(asyncio.current_task())  # type: ignore[arg-type]
+            if parent is not None and parent.counted and parent.state != _IDLE:
+                parent.counted = False
+                if self._interval is not None:
+                    await self._wait_for_turn()
+                handle = self._start(fn, args, kwargs, report)
+                if await self._wait_for_count():
+                    parent.counted = True
+                return handle
+            if not await self._wait_for_count():
+                self._check_open()
+        if self._interval is not None:
+            await self._wait_for_turn()
+        return self._start(fn, args, kwargs, report)
+
+    async def _wait_for_turn(self) -> None:
+        """Rate limit: wait, holding our count, until our start time (1 / rate apart)."""
+        loop = self._loop
+        now = loop.time()
+        at = max(now, self._next_start)
+        assert self._interval is not None
+        self._next_start = at + self._interval
+        if at > now:
+            try:
+                await asyncio.sleep(at - now)
+            except _CancelledError:
+                self._release()
+                raise
+        if self._state is not _State.OPEN:
+            self._release()
+            self._check_open()
+
+    def submit_nowait(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[T]:
+        """Start ``fn(*args, **kwargs)`` now if a worker is free, else queue it.
+
+        A plain method, for producers that must not await.  The queue is first in,
+        first out with blocked ``await submit()`` calls; ``max_pending`` bounds it and
+        ``ExecutorFull`` is raised when it is full.  Needs a running event loop.
+        """
+        if not callable(fn):
+            _check_fn(fn, "submit_nowait")
         if self._running < self._cap:
             self._running += 1
-            return self._start(fn, args, kwargs, report)
-        # Full.  A job submitting to its own executor lends its count to the new job
-        # (which starts now) and waits for a count to resume: W producers can never
-        # starve their own children.
-        parent = self._slots.get(asyncio.current_task())  # type: ignore[arg-type]
-        if parent is not None and parent.counted and parent.state != _IDLE:
-            parent.counted = False
-            handle = self._start(fn, args, kwargs, report)
-            if await self._wait_for_count():
-                parent.counted = True
-            return handle
-        if not await self._wait_for_count():
-            self._check_open()
-        return self._start(fn, args, kwargs, report)
+            return self._start(fn, args, kwargs, True)
+        if self._done_fut is None:
+            self._bind()
+        elif asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(f"{self!r} is bound to another event loop")
+        self._check_open()
+        if self._running < self._limit and not self._waiters and self._interval is None:
+            self._running += 1
+            return self._start(fn, args, kwargs, True)
+        if self._max_pending is not None and self._pending >= self._max_pending:
+            raise self._full_error()
+        handle: asyncio.Future[Any] = self._loop.create_future()
+        job = _Queued(fn, args, kwargs, handle, True)
+        handle.add_done_callback(self._queued_handle_done)
+        self._pending += 1
+        if self._running < self._limit and not self._waiters:  # rate-limited: wait for a turn
+            self._running += 1
+            self._ready.append(job)
+            self._schedule_ready()
+        else:
+            self._waiters.append(job)
+        return handle
+
+    def _queued_handle_done(self, handle: asyncio.Future[Any]) -> None:
+        # Only a queued job's handle gets this callback, removed when the job starts:
+        # so it was cancelled (by its owner, or by shutdown) before starting.
+        self._pending -= 1
+        self._cancelled += 1
+        self._job_cancelled_by_handle(True)
+
+    def _schedule_ready(self) -> None:
+        if not self._ready_scheduled:
+            self._ready_scheduled = True
+            self._loop.call_soon(self._start_ready)
+
+    def _start_ready(self) -> None:
+        """Start the queued jobs that hold a count, in order (and on time when rate-limited).
+
+        A loop, not a recursion: a job that ends at once frees a count that admits the
+        next queued job onto the same list.
+        """
+        ready = self._ready
+        loop = self._loop
+        while ready:
+            if self._interval is not None:
+                now = loop.time()
+                at = max(now, self._next_start)
+                if at > now:
+                    loop.call_at(at, self._start_ready)
+                    return
+                self._next_start = at + self._interval
+            job = ready.popleft()
+            handle = job.handle
+            if handle.done():  # cancelled while queued: already counted
+                self._release()
+                continue
+            handle.remove_done_callback(self._queued_handle_done)
+            self._pending -= 1
+            self._start(job.fn, job.args, job.kwargs, job.report, handle)
+        self._ready_scheduled = False
 
     async def _wait_for_count(self) -> bool:
         """Wait, first in first out, until a finishing job hands us its count.
 
         False when woken because the executor closed instead.
         """
-        fut = self._loop.create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._waiters.append(fut)
         try:
             await fut
@@ -455,18 +589,38 @@ class _Engine:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _release(self) -> None:
-        """A counted job ended: hand its count to the first blocked submitter, or free it."""
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
+        """A counted job ended: free its count, and hand free counts on, FIFO."""
         self._running -= 1
+        if self._waiters:
+            self._admit()
+
+    def _admit(self) -> None:
+        """Give free counts to blocked submitters and queued jobs, first in first out.
+
+        Never more than max_workers counts: after max_workers shrank, finishing jobs
+        free counts until the executor is under the new limit.
+        """
+        waiters = self._waiters
+        while waiters and self._running < self._limit:
+            waiter = waiters.popleft()
+            if isinstance(waiter, _Queued):
+                if waiter.handle.done():
+                    continue  # cancelled while queued (already counted)
+                self._running += 1
+                self._ready.append(waiter)
+                self._schedule_ready()
+            elif not waiter.done():
+                self._running += 1
+                waiter.set_result(None)
 
     # ------------------------------------------------------------------ job start
     def _start(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        report: bool,
+        handle: asyncio.Future[Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Start one job; the caller holds a count for it.
 
@@ -474,14 +628,17 @@ class _Engine:
         its coroutine, and what is below, with no call into the event loop.
         """
         loop = self._loop
-        handle = _Future(loop=loop) if self._plain_futures else loop.create_future()
+        if handle is None:
+            handle = _Future(loop=loop) if self._plain_futures else loop.create_future()
         try:
-            if self._initializer is None:
+            if self._job_factory is None:
                 coro = fn(*args, **kwargs)
                 if type(coro) is not _CoroutineType:
                     coro = _as_coroutine(fn, coro)
             else:
-                coro = _with_initializer(self._initializer, self._initargs, fn, args, kwargs)
+                if not callable(fn):
+                    raise TypeError
+                coro = self._job_factory(fn, args, kwargs)
         except BaseException as exc:
             self._release()
             if not callable(fn):  # bad input: refused by submit, not a job failure
@@ -693,16 +850,21 @@ class _Engine:
     def _settle_raised(self, handle: asyncio.Future[Any], exc: BaseException, report: bool) -> None:
         """Record a job that ended by an exception, and tell the executor."""
         if handle.done():
+            # Its handle was cancelled first, and says so: the job counts as cancelled.
             self._cancelled += 1
-            self._job_cancelled_by_handle(report)
-            return
-        if isinstance(exc, _CancelledError):
+            if isinstance(exc, _CancelledError):
+                self._job_cancelled_by_handle(report)
+                return
+            # It failed while unwinding: that error is not lost (on_error, errors="group").
+            self._job_error(handle, exc)
+        elif isinstance(exc, _CancelledError):
             handle.cancel(*exc.args[:1])
             self._cancelled += 1
         else:
             handle.set_exception(exc)
             handle.exception()  # raised at exit or kept on the handle: never "never retrieved"
             self._failed += 1
+            self._job_error(handle, exc)
         self._job_failed(exc, report)
         if isinstance(exc, _BASE_ERRORS):
             raise exc
@@ -723,12 +885,18 @@ class _Engine:
 
     def _close_gate(self) -> None:
         """No new jobs: blocked submitters are woken to raise RuntimeError."""
-        self._cap = 0
+        self._refresh_gate()
         waiters = self._waiters
         while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(_State.CLOSING)
+            waiter = waiters.popleft()
+            if isinstance(waiter, _Queued):
+                waiter.handle.cancel()  # counted by its callback
+            elif not waiter.done():
+                waiter.set_result(_State.CLOSING)
+        while self._ready:
+            job = self._ready.popleft()
+            self._running -= 1
+            job.handle.cancel()
 
     def _stop_idle_workers(self) -> None:
         for slot in self._free:
@@ -739,12 +907,17 @@ class _Engine:
         self._free.clear()
 
     # ------------------------------------------------------------------ hooks
-    _initializer: Callable[..., Any] | None
-    _initargs: tuple[Any, ...]
+    _max_pending: int | None
+
+    def _full_error(self) -> Exception:
+        raise NotImplementedError
 
     def _job_failed(self, exc: BaseException, report: bool) -> None:
         """A job raised or was cancelled (not by the executor itself)."""
         raise NotImplementedError
+
+    def _job_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:
+        """A job failed with ``exc`` (not a cancellation): the on_error hook."""
 
     def _job_cancelled_by_handle(self, report: bool) -> None:
         self._job_failed(_CancelledError(), report)

@@ -8,20 +8,60 @@ exception, a cancellation or the deadline do to the rest, following
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from ._engine import _BASE_ERRORS, _check_fn, _Engine, _State
-from ._map import _map
+from ._engine import _BASE_ERRORS, _check_fn, _Engine, _State, _wrapped_job
+from ._map import _map, _map_unordered
 
-__all__ = ("CoroutineExecutor",)
+__all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
 
 T = TypeVar("T")
 
 _CancelledError = asyncio.CancelledError
+
+
+class ExecutorFull(Exception):
+    """submit_nowait() found no free worker and its queue at max_pending."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutorStats:
+    """A snapshot of an executor's job counts (see ``CoroutineExecutor.stats()``).
+
+    ``submitted == pending + running + completed + failed + cancelled`` always.
+    """
+
+    submitted: int
+    pending: int  # queued by submit_nowait(), not started yet
+    running: int  # started and not ended (a job is counted once it first suspends)
+    completed: int
+    failed: int
+    cancelled: int
+    max_workers: int
+
+
+def _positive_number(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or None, got {value!r}")
+    if not value > 0 or math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number greater than 0, got {value!r}")
+    return float(value)
+
+
+def _check_max_workers(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_workers must be an int, got {value!r}")
+    if value <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return value
 
 
 class CoroutineExecutor(_Engine):
@@ -39,11 +79,14 @@ class CoroutineExecutor(_Engine):
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         copy_context: bool = False,
+        job_timeout: float | None = None,
+        max_per_second: float | None = None,
+        max_pending: int | None = None,
+        errors: Literal["first", "group"] = "first",
+        on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
+        progress: bool = False,
     ) -> None:
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise TypeError(f"max_workers must be an int, got {max_workers!r}")
-        if max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+        _check_max_workers(max_workers)
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
                 raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
@@ -53,11 +96,33 @@ class CoroutineExecutor(_Engine):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+        job_timeout = _positive_number("job_timeout", job_timeout)
+        rate = _positive_number("max_per_second", max_per_second)
+        if max_pending is not None:
+            if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+                raise TypeError(f"max_pending must be an int or None, got {max_pending!r}")
+            if max_pending < 0:
+                raise ValueError(f"max_pending must be 0 or more, got {max_pending!r}")
+        if errors not in ("first", "group"):
+            raise ValueError(f'errors must be "first" or "group", got {errors!r}')
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable, got {on_error!r}")
         super().__init__(max_workers, bool(copy_context))
         self._suppress = bool(suppress_task_errors)
         self._timeout = timeout
-        self._initializer = initializer
-        self._initargs = initargs
+        self._max_pending = max_pending
+        self._interval = None if rate is None else 1.0 / rate
+        self._group = errors == "group"
+        self._errors: list[BaseException] = []  # every job error, with errors="group"
+        self._on_error = on_error
+        if initializer is not None or job_timeout is not None:
+            # Only then does a job get a wrapper coroutine: the plain path pays nothing.
+            self._job_factory = functools.partial(_wrapped_job, initializer, initargs, job_timeout)
+        self._progress: Any = None
+        if progress:
+            from ._progress import Progress  # ImportError naming the extra, without tqdm
+
+            self._progress = Progress(self)
         self._started_at = time.monotonic()  # the timeout counts from here, or from entry
         self._timer: asyncio.TimerHandle | None = None
         self._entered = False
@@ -67,27 +132,84 @@ class CoroutineExecutor(_Engine):
         self._error: BaseException | None = None  # the first job error, or the TimeoutError
         self._base_error: BaseException | None = None  # KeyboardInterrupt / SystemExit
         self._error_raised = False
+        self._timed_out: TimeoutError | None = None
 
     # ------------------------------------------------------------------ public API
     @property
     def max_workers(self) -> int:
-        """How many jobs may run at once."""
+        """How many jobs may run at once.  Settable while running.
+
+        Growing takes effect at once and wakes blocked submitters (and queued jobs);
+        shrinking lets running jobs finish and starts no new one until the executor
+        is under the new limit.
+        """
         return self._limit
 
-    def map(self, fn: Callable[..., Awaitable[T]], *iterables: Iterable[Any]) -> AsyncIterator[T]:
+    @max_workers.setter
+    def max_workers(self, value: int) -> None:
+        self._limit = _check_max_workers(value)
+        self._refresh_gate()
+        if self._waiters:
+            self._admit()
+
+    def stats(self) -> ExecutorStats:
+        """The job counts now, as a frozen ExecutorStats."""
+        pending = self._pending
+        running = self._active
+        done = self._completed + self._failed + self._cancelled
+        return ExecutorStats(
+            submitted=pending + running + done,
+            pending=pending,
+            running=running,
+            completed=self._completed,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            max_workers=self._limit,
+        )
+
+    def map(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+    ) -> AsyncIterator[T]:
         """Run ``fn`` over the zipped iterables; yield the results in input order.
 
-        The input is pulled lazily (about ``max_workers`` items in flight plus a
-        reorder buffer of as many), so an endless generator is fine.  The first job
-        error is raised from the ``async for``, after every earlier result, and the
-        map's other jobs are cancelled; so are they when the loop is left early.
+        Iterables may be sync or async, mixed.  The input is pulled lazily (about
+        ``max_workers`` items in flight plus a reorder buffer of as many), so an
+        endless generator is fine.  A job's error is raised from the ``async for`` in
+        its turn, after every earlier result, and the map's other jobs are cancelled;
+        so are they when the loop is left early or the generator is closed.
         """
+        return _map(self, fn, self._map_input("map", fn, iterables))
+
+    def map_unordered(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+    ) -> AsyncIterator[T]:
+        """Like map(), but yield each result as soon as its job ends.
+
+        The first job error (in the order jobs end) is raised from the ``async for``
+        and the map's other jobs are cancelled; leaving early cancels them too.
+        """
+        return _map_unordered(self, fn, self._map_input("map_unordered", fn, iterables))
+
+    def _map_input(
+        self, what: str, fn: Any, iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...]
+    ) -> list[Any]:
         if not callable(fn):
-            _check_fn(fn, "map")
+            _check_fn(fn, what)
         if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        iterators = [iter(it) for it in iterables]
-        return _map(self, fn, iterators)
+            raise TypeError(f"{what}() needs at least one iterable")
+        sources: list[Any] = []
+        for it in iterables:
+            if isinstance(it, AsyncIterable):
+                sources.append(aiter(it))
+            else:
+                sources.append(iter(it))
+        if self._progress is not None:
+            self._progress.add_total(iterables)
+        return sources
 
     async def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking jobs; with ``wait``, wait for every job to end.
@@ -160,15 +282,10 @@ class CoroutineExecutor(_Engine):
             self._parent_cancel_requested = False
             if parent.uncancel() == 0:
                 propagate_cancel = None
-        if self._base_error is not None:
-            raise self._base_error
+        body_error = exc if exc is not None and not isinstance(exc, _CancelledError) else None
         # The first failure wins: a job error that caused the shutdown beats what the
         # body raised because of it; an error of the body's own beats later job errors.
-        body_error = exc is not None and not isinstance(exc, _CancelledError)
-        job_error_first = not body_error or error_before_exit is not None
-        if self._error is not None and not self._error_raised and job_error_first:
-            self._error_raised = True
-            raise self._error
+        self._raise_error(body_error, error_before_exit is not None)
         if propagate_cancel is not None:
             raise propagate_cancel
         return None
@@ -176,6 +293,8 @@ class CoroutineExecutor(_Engine):
     # ------------------------------------------------------------------ internals
     def _bind(self) -> None:
         super()._bind()
+        if self._progress is not None:
+            self._progress.start(self._loop)
         if self._timeout is not None:
             remaining = self._timeout - (time.monotonic() - self._started_at)
             self._timer = self._loop.call_later(max(remaining, 0.0), self._on_timeout)
@@ -212,13 +331,39 @@ class CoroutineExecutor(_Engine):
         elif self._aborting and isinstance(exc, _CancelledError):
             return  # one of the cancellations we asked for
         elif report and not self._suppress and self._state is not _State.CLOSED:
+            if self._group and not isinstance(exc, _CancelledError):
+                self._errors.append(exc)
             self._abort(exc)
+
+    def _job_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:
+        on_error = self._on_error
+        if on_error is None:
+            return
+        try:
+            on_error(handle, exc)
+        except Exception as err:
+            # A broken hook must not break the executor: report it as asyncio reports
+            # an error in a callback.
+            self._loop.call_exception_handler(
+                {
+                    "message": f"on_error hook {on_error!r} raised",
+                    "exception": err,
+                    "future": handle,
+                }
+            )
+
+    def _full_error(self) -> Exception:
+        return ExecutorFull(
+            f"{self!r}: no free worker and {self._pending} jobs already queued "
+            f"(max_pending={self._max_pending})"
+        )
 
     def _on_timeout(self) -> None:
         self._timer = None
         if self._state is _State.CLOSED:
             return
-        self._abort(TimeoutError(f"{self!r} timed out after {self._timeout} s"))
+        self._timed_out = TimeoutError(f"{self!r} timed out after {self._timeout} s")
+        self._abort(self._timed_out)
 
     async def _finish(self) -> BaseException | None:
         """Wait until every job and worker has ended.
@@ -252,21 +397,38 @@ class CoroutineExecutor(_Engine):
                     propagate = ex
         self._close()
         self._state = _State.CLOSED
+        if self._progress is not None:
+            self._progress.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         return propagate
 
-    def _raise_error(self) -> None:
+    def _raise_error(
+        self, body_error: BaseException | None = None, job_error_first: bool = True
+    ) -> None:
+        """Raise what the executor's outcome is, once: KeyboardInterrupt/SystemExit, the
+        ExceptionGroup of job errors (errors="group"), or the first error."""
         if self._base_error is not None:
             raise self._base_error
-        if self._error is not None and not self._error_raised:
+        if self._error_raised:
+            return
+        if self._group and self._errors:
+            errors = list(self._errors)
+            if self._timed_out is not None:
+                errors.append(self._timed_out)
+            if body_error is not None:
+                errors.append(body_error)  # as TaskGroup adds the body's exception
+            self._error_raised = True
+            raise BaseExceptionGroup(f"unhandled errors in {type(self).__name__}", errors)
+        if self._error is not None and (body_error is None or job_error_first):
             self._error_raised = True
             raise self._error
 
     def __repr__(self) -> str:
+        st = self.stats()
         return (
-            f"<CoroutineExecutor max_workers={self._limit} state={self._state.value} "
-            f"running={self._running} completed={self._completed} failed={self._failed} "
-            f"cancelled={self._cancelled}>"
+            f"<CoroutineExecutor state={self._state.value} max_workers={st.max_workers} "
+            f"submitted={st.submitted} pending={st.pending} running={st.running} "
+            f"completed={st.completed} failed={st.failed} cancelled={st.cancelled}>"
         )
