@@ -560,3 +560,48 @@ def test_progress_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delitem(sys.modules, "coroexecutor._progress", raising=False)
     with pytest.raises(ImportError, match=r"coroexecutor\[progress\]"):
         CoroutineExecutor(progress=True)
+
+
+def test_shutdown_waits_for_queued_submit_nowait_jobs(run) -> None:
+    ran: list[int] = []
+
+    async def job(i: int) -> None:
+        await asyncio.sleep(0)
+        ran.append(i)
+
+    async def main() -> None:
+        exe = CoroutineExecutor(max_workers=2)
+        hs = [exe.submit_nowait(job, i) for i in range(10)]
+        assert exe.stats().pending == 8
+        await exe.shutdown()  # submitted jobs run; only new submissions are refused
+        assert all(h.done() and not h.cancelled() for h in hs)
+        st = exe.stats()
+        assert (st.completed, st.pending, st.running) == (10, 0, 0)
+
+    run(main())
+    assert sorted(ran) == list(range(10))
+
+
+def test_exit_waits_for_queued_noop_jobs(run) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=1) as exe:
+            gate = asyncio.Event()
+            await exe.submit(gate.wait)
+            hs = [exe.submit_nowait(echo, i) for i in range(5)]
+            gate.set()
+        assert [h.result() for h in hs] == list(range(5))
+
+    run(main())
+
+
+def test_fail_fast_cancels_queued_jobs(run) -> None:
+    async def main() -> None:
+        with pytest.raises(Boom):
+            async with CoroutineExecutor(max_workers=1) as exe:
+                await exe.submit(fail)
+                queued = [exe.submit_nowait(echo, i) for i in range(3)]
+                await asyncio.sleep(3600)
+        assert all(h.cancelled() for h in queued)
+        assert exe.stats().cancelled == 3
+
+    run(main())

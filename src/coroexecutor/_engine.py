@@ -32,6 +32,7 @@ import contextvars
 import enum
 import inspect
 import itertools
+import math
 import sys
 import types
 from collections import deque
@@ -391,7 +392,7 @@ class _Engine:
         self._ready_scheduled = False
         self._pending = 0  # queued jobs not started yet (in _waiters or _ready)
         self._interval: float | None = None  # 1 / max_per_second
-        self._next_start = 0.0  # the loop time before which no job may start (rate limit)
+        self._last_start = -math.inf  # loop time of the last start (rate limit)
         self._job_factory: Callable[..., Coroutine[Any, Any, Any]] | None = None
         self._free: list[_Slot] = []
         self._slots: dict[asyncio.Task[None], _Slot] = {}
@@ -399,7 +400,8 @@ class _Engine:
         self._plain_futures = False
         self._context: contextvars.Context | None = None
         self._done_fut: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None  # set when _active drops to 0
+        # Set when no job is left to wait for (_active and _pending both 0).
+        self._drained: asyncio.Future[None] | None = None
         self._workers_gone: asyncio.Future[None] | None = None  # set when the last worker ends
         self._state = _State.OPEN
         self._aborting = False
@@ -479,21 +481,23 @@ class _Engine:
         return self._start(fn, args, kwargs, report)
 
     async def _wait_for_turn(self) -> None:
-        """Rate limit: wait, holding our count, until our start time (1 / rate apart)."""
+        """Rate limit: wait, holding our count, until 1 / rate after the last start.
+
+        Claimed when the start happens, not booked ahead: a timer that fires late
+        (a busy loop) then delays the starts after it instead of bunching them.
+        """
         loop = self._loop
-        now = loop.time()
-        at = max(now, self._next_start)
         assert self._interval is not None
-        self._next_start = at + self._interval
-        if at > now:
+        while (wait := self._last_start + self._interval - loop.time()) > 0:
             try:
-                await asyncio.sleep(at - now)
+                await asyncio.sleep(wait)
             except _CancelledError:
                 self._release()
                 raise
         if self._state is not _State.OPEN:
             self._release()
             self._check_open()
+        self._last_start = loop.time()
 
     def submit_nowait(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -536,6 +540,7 @@ class _Engine:
         # so it was cancelled (by its owner, or by shutdown) before starting.
         self._pending -= 1
         self._cancelled += 1
+        self._check_drained()
         self._job_cancelled_by_handle(True)
 
     def _schedule_ready(self) -> None:
@@ -553,12 +558,11 @@ class _Engine:
         loop = self._loop
         while ready:
             if self._interval is not None:
-                now = loop.time()
-                at = max(now, self._next_start)
-                if at > now:
+                at = self._last_start + self._interval
+                if at > loop.time():
                     loop.call_at(at, self._start_ready)
                     return
-                self._next_start = at + self._interval
+                self._last_start = loop.time()
             job = ready.popleft()
             handle = job.handle
             if handle.done():  # cancelled while queued: already counted
@@ -568,6 +572,7 @@ class _Engine:
             self._pending -= 1
             self._start(job.fn, job.args, job.kwargs, job.report, handle)
         self._ready_scheduled = False
+        self._check_drained()
 
     async def _wait_for_count(self) -> bool:
         """Wait, first in first out, until a finishing job hands us its count.
@@ -811,8 +816,8 @@ class _Engine:
         if self._state is _State.OPEN and not task.cancelling() and not self._copy_context:  # type: ignore[union-attr]
             slot.state = _IDLE
             self._free.append(slot)
-            if self._active == 0 and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
+            if self._active == 0 and self._drained is not None:
+                self._check_drained()
         else:
             slot.counted = False  # released above
             self._end_slot(slot)
@@ -844,8 +849,12 @@ class _Engine:
             self._free.append(slot)
         else:
             slot.state = _STOP
-        if self._active == 0 and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if self._active == 0 and self._pending == 0 and drained is not None and not drained.done():
+            drained.set_result(None)
 
     def _settle_raised(self, handle: asyncio.Future[Any], exc: BaseException, report: bool) -> None:
         """Record a job that ended by an exception, and tell the executor."""
@@ -871,7 +880,12 @@ class _Engine:
 
     # ------------------------------------------------------------------ control
     def _cancel_jobs(self) -> None:
-        """Cancel every job that has not ended."""
+        """Cancel every job that has not ended, queued ones included."""
+        for waiter in self._waiters:
+            if isinstance(waiter, _Queued):
+                waiter.handle.cancel()  # counted by its callback; skipped by _admit()
+        for job in self._ready:
+            job.handle.cancel()  # _start_ready() releases its count
         for slot in list(self._slots.values()):
             if slot.state in (_IDLE, _STOP) or slot.task is None:
                 continue
@@ -886,17 +900,14 @@ class _Engine:
     def _close_gate(self) -> None:
         """No new jobs: blocked submitters are woken to raise RuntimeError."""
         self._refresh_gate()
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if isinstance(waiter, _Queued):
-                waiter.handle.cancel()  # counted by its callback
-            elif not waiter.done():
+        # Blocked submitters have submitted nothing yet: they raise RuntimeError.  Jobs
+        # queued by submit_nowait() were submitted: they still run (shutdown waits for
+        # them) unless cancelled by _cancel_jobs().
+        queued = [w for w in self._waiters if isinstance(w, _Queued)]
+        for waiter in self._waiters:
+            if not isinstance(waiter, _Queued) and not waiter.done():
                 waiter.set_result(_State.CLOSING)
-        while self._ready:
-            job = self._ready.popleft()
-            self._running -= 1
-            job.handle.cancel()
+        self._waiters = deque(queued)
 
     def _stop_idle_workers(self) -> None:
         for slot in self._free:

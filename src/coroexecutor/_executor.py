@@ -374,12 +374,12 @@ class CoroutineExecutor(_Engine):
         """
         propagate: BaseException | None = None
         loop = self._loop
-        while self._active or self._slots:
-            if not self._active:
+        while self._active or self._pending or self._slots:
+            if not self._active and not self._pending:
                 self._close()
                 self._stop_idle_workers()
             try:
-                if self._active:
+                if self._active or self._pending:
                     if self._drained is None or self._drained.done():
                         self._drained = loop.create_future()
                     await self._drained
