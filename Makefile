@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint typecheck unit matrix bench bench-10m clean
+.PHONY: test lint typecheck unit matrix bench bench-10m bench-check bench-hotpaths soak clean
 
 $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ bench: $(VENV)/.bench-installed
 bench-10m: $(VENV)/.bench-installed
 	$(PY) -m bench.run --n 10000000 --workloads noop \
 		--contenders floor,coroexecutor-submit,coroexecutor-map $(BENCH_ARGS)
+
+## make bench-check: the regression guard.  Our cost per job over the floor's, measured
+## side by side in one process, against bench/thresholds.json (fails on a ~1.5x rise).
+BENCH_CHECK_ARGS ?=
+bench-check: $(VENV)/.test-installed
+	$(PY) -m bench.check $(BENCH_CHECK_ARGS)
+
+## make bench-hotpaths: pytest-benchmark micro-benchmarks of the hot paths.
+bench-hotpaths: $(VENV)/.bench-installed
+	$(PY) -m pytest bench/test_hotpaths.py --benchmark-only -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache build dist
