@@ -659,6 +659,9 @@ class _Engine:
             ct[loop] = slot.task
         else:
             prev = _swap_current_task(loop, slot.task)
+        # The current task is put back in each branch below, not once after the try:
+        # keeping the caught exception past its except block (to branch on it later)
+        # makes a frame <-> traceback cycle per job for the garbage collector, +30 %.
         try:
             first = slot.ctx.run(_send, coro, None)
         except StopIteration as stop:
