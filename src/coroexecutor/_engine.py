@@ -268,7 +268,10 @@ def _work(slot: _Slot) -> Generator[Any, Any, None]:
                         slot.first.cancel()
                     result = yield from _drive(coro, None, exc)
                 elif state == _YIELD:
-                    result = yield from _drive(coro, slot.first, None)
+                    first = slot.first
+                    if asyncio.isfuture(first):
+                        first._asyncio_future_blocking = True  # as Future.__await__ does
+                    result = yield from _drive(coro, first, None)
                 else:
                     result = yield from coro
             except GeneratorExit:
@@ -581,6 +584,10 @@ class _Engine:
         """
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._waiters.append(fut)
+        if self._running < self._limit:
+            # Counts came free with nobody to hand them to (a lent count whose job ended
+            # at once, inside submit): take ours now, in turn.
+            self._admit()
         try:
             await fut
         except _CancelledError:
@@ -710,6 +717,10 @@ class _Engine:
         handle.add_done_callback(slot.on_handle_done)
         if not slot.parked:
             # The task has not taken its first step yet; that step resumes the job.
+            if getattr(first, "_asyncio_future_blocking", None):
+                # The step hands it to the task with the flag set again; until then
+                # it is down, so another job may await the same future meanwhile.
+                first._asyncio_future_blocking = False
             slot.first = first
             slot.state = _RESUME if first is None else _YIELD
         elif first is None:  # a bare yield (asyncio.sleep(0)): resume on the next turn
@@ -727,9 +738,12 @@ class _Engine:
             slot.state = _YIELD
             loop.call_soon(slot.wakeup, self._done_fut, context=slot.wctx)
         if slot.cancel_requested:
+            # The job cancelled its own task in its first step: the task holds that
+            # cancellation (counted once) for its next step.  Make that step come now,
+            # as a task does with the future it is cancelled on.
             slot.cancel_requested = False
-            assert slot.task is not None
-            slot.task.cancel()
+            if slot.state == _WAIT:
+                first.cancel()
         return handle
 
     def _after_eager(self, slot: _Slot) -> None:
@@ -867,8 +881,11 @@ class _Engine:
             if isinstance(exc, _CancelledError):
                 self._job_cancelled_by_handle(report)
                 return
-            # It failed while unwinding: that error is not lost (on_error, errors="group").
+            # It failed while unwinding: that error goes to on_error and errors="group",
+            # but for fail-fast the job was cancelled, which is what caused it.
             self._job_error(handle, exc)
+            self._job_failed(exc, report, after_cancel=True)
+            return
         elif isinstance(exc, _CancelledError):
             handle.cancel(*exc.args[:1])
             self._cancelled += 1
@@ -926,8 +943,9 @@ class _Engine:
     def _full_error(self) -> Exception:
         raise NotImplementedError
 
-    def _job_failed(self, exc: BaseException, report: bool) -> None:
-        """A job raised or was cancelled (not by the executor itself)."""
+    def _job_failed(self, exc: BaseException, report: bool, after_cancel: bool = False) -> None:
+        """A job raised or was cancelled; ``after_cancel``: it raised ``exc`` while
+        unwinding from a cancellation of its handle."""
         raise NotImplementedError
 
     def _job_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:

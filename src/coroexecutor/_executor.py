@@ -323,17 +323,24 @@ class CoroutineExecutor(_Engine):
             self._parent_cancel_requested = True
             parent.cancel()
 
-    def _job_failed(self, exc: BaseException, report: bool) -> None:
+    def _job_failed(self, exc: BaseException, report: bool, after_cancel: bool = False) -> None:
         if isinstance(exc, _BASE_ERRORS):
             if self._base_error is None:
                 self._base_error = exc
             self._abort(exc)
-        elif self._aborting and isinstance(exc, _CancelledError):
-            return  # one of the cancellations we asked for
-        elif report and not self._suppress and self._state is not _State.CLOSED:
-            if self._group and not isinstance(exc, _CancelledError):
-                self._errors.append(exc)
-            self._abort(exc)
+            return
+        if not report or self._suppress or self._state is _State.CLOSED:
+            return  # absorbed, or owned by a map
+        is_error = not isinstance(exc, _CancelledError)
+        if self._group and is_error:
+            self._errors.append(exc)  # as TaskGroup collects errors raised while cancelled
+        if self._aborting or after_cancel:
+            # A consequence of a cancellation (ours, or of the job's handle), not what
+            # caused it: it never becomes the first error.
+            if not self._aborting:
+                self._abort(_CancelledError())
+            return
+        self._abort(exc)
 
     def _job_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:
         on_error = self._on_error
