@@ -22,8 +22,8 @@ $(VENV)/.bench-installed: pyproject.toml
 test: lint typecheck unit matrix
 
 lint: $(VENV)/.test-installed
-	$(PY) -m ruff check src tests bench scripts
-	$(PY) -m ruff format --check src tests bench scripts
+	$(PY) -m ruff check src tests bench scripts examples
+	$(PY) -m ruff format --check src tests bench scripts examples
 
 typecheck: $(VENV)/.test-installed
 	$(PY) -m mypy
