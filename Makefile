@@ -55,5 +55,12 @@ bench-check: $(VENV)/.test-installed
 bench-hotpaths: $(VENV)/.bench-installed
 	$(PY) -m pytest bench/test_hotpaths.py --benchmark-only -p no:cacheprovider
 
+## make soak: ten million jobs with 1% failures and 1% cancellations, suppressed and then
+## fail-fast, on both loops; prints the accounting and RSS every million (not in CI).
+JOBS ?= 10000000
+soak: $(VENV)/.test-installed
+	$(PY) scripts/soak.py --jobs $(JOBS)
+	$(PY) scripts/soak.py --jobs $(JOBS) --uvloop
+
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache build dist
