@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint typecheck unit matrix bench bench-10m bench-check bench-hotpaths soak clean
+.PHONY: test test-ray lint typecheck unit matrix bench bench-10m bench-check bench-hotpaths bench-sharded soak clean
 
 $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ N ?=
 BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run $(if $(N),--n $(N)) $(BENCH_ARGS)
+	$(PY) -m bench.sharded
+
+## make bench-sharded: one CoroutineExecutor against ShardedExecutor(shards=2).
+bench-sharded: $(VENV)/.bench-installed
+	$(PY) -m bench.sharded
 
 bench-10m: $(VENV)/.bench-installed
 	$(PY) -m bench.run --n 10000000 --workloads noop \
@@ -61,6 +66,11 @@ JOBS ?= 10000000
 soak: $(VENV)/.test-installed
 	$(PY) scripts/soak.py --jobs $(JOBS)
 	$(PY) scripts/soak.py --jobs $(JOBS) --uvloop
+
+## make test-ray: the ShardedExecutor suite on a local Ray instance (installs ray, ~1 min).
+test-ray: $(VENV)/.test-installed
+	$(PY) -m pip install -q -e '.[ray]'
+	$(PY) -m pytest -p no:cacheprovider tests/test_sharded_ray.py
 
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache build dist

@@ -162,7 +162,14 @@ def test_run_returns_the_result_and_propagates_errors() -> None:
 
 
 def test_public_names() -> None:
-    assert coroexecutor.__all__ == ("CoroutineExecutor", "ExecutorFull", "ExecutorStats", "run")
+    assert coroexecutor.__all__ == (
+        "CoroutineExecutor",
+        "ExecutorFull",
+        "ExecutorStats",
+        "ShardCrashed",
+        "ShardedExecutor",
+        "run",
+    )
     assert isinstance(coroexecutor.__all__, tuple)
 
 

@@ -9,5 +9,13 @@ Run millions of coroutines with at most ``max_workers`` of them in flight::
 
 from ._executor import CoroutineExecutor, ExecutorFull, ExecutorStats
 from ._runner import run
+from ._sharded import ShardCrashed, ShardedExecutor
 
-__all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats", "run")
+__all__ = (
+    "CoroutineExecutor",
+    "ExecutorFull",
+    "ExecutorStats",
+    "ShardCrashed",
+    "ShardedExecutor",
+    "run",
+)
