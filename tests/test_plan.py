@@ -198,6 +198,53 @@ def test_small_synthetic_sweep_prints_table_and_writes_csv_json_png(
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sharded_synthetic_sweep_has_a_shards_column_and_a_recommendation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psutil")
+    out = {ext: tmp_path / f"plan.{ext}" for ext in ("csv", "json")}
+    status = plan(
+        [
+            "--shards=2",
+            "--latency=20ms",
+            "--fail-rate=0.05",
+            "--max-workers=10,50",
+            "--duration=1s",
+            f"--csv={out['csv']}",
+            f"--json={out['json']}",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "max_workers (per shard)" in printed
+    lines = printed.splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.split()[:3] == ["max_workers", "shards", "jobs/s"]
+    )
+    rows = {int(line.split()[0]): line.split() for line in lines[start + 1 : start + 3]}
+    assert sorted(rows) == [10, 50]
+    assert all(cells[1] == "2" for cells in rows.values())
+    assert re.search(r"^Recommendation: max_workers = (10|50)$", printed, re.M)
+    assert "ShardedExecutor(shards=2, max_workers=" in printed
+
+    with out["csv"].open() as f:
+        records = list(csv.DictReader(f))
+    assert [(int(r["max_workers"]), int(r["shards"])) for r in records] == [(10, 2), (50, 2)]
+    for r in records:
+        assert r["error"] == ""
+        assert float(r["jobs_per_s"]) > 0
+        assert float(r["latency_p50_ms"]) >= 16  # 20 ms ± 20 %
+        # The shards' CPU counts: they burn each job's 200 µs.
+        assert 0 < float(r["shard_cpu_pct"]) <= float(r["cpu_pct"])
+        assert float(r["shard_peak_rss_mb"]) > 0
+    data = json.loads(out["json"].read_text())
+    assert data["config"]["shards"] == 2
+    assert [(s["max_workers"], s["shards"]) for s in data["steps"]] == [(10, 2), (50, 2)]
+    assert data["recommendation"]["max_workers"] in (10, 50)
+    assert sum(s["failed"] for s in data["steps"]) > 0  # 5 % fail, in the shards
+    assert all(set(s["failure_kinds"]) <= {"SyntheticFailure"} for s in data["steps"])
+
+
 def test_recommendation_lands_where_the_cpu_saturates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,6 +328,11 @@ def test_user_job_function_over_an_args_file(
         (["--url", "http://192.0.2.1/"], r"--url: .*not on this machine.*--allow-remote"),
         (["--args-file", "x.txt"], r"--args-file goes with --job"),
         (["--duration", "1s", "--warmup", "2s"], r"--warmup must be shorter than --duration"),
+        (["--shards", "0"], r"argument --shards: '0' must be greater than 0"),
+        (["--shards", "1.5"], r"argument --shards: '1.5' is not a whole number"),
+        (["--shards", "two"], r"argument --shards: 'two' is not a whole number"),
+        (["--url", "http://127.0.0.1:1/", "--shards", "2"], r"--url cannot run in shards"),
+        (["--job", "os:getcwd", "--shards", "2"], r"--job: .*not a coroutine function"),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(

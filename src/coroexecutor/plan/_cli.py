@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import platform
 import sys
@@ -112,7 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_typed(parse_workers),
         default=parse_workers(DEFAULT_WORKERS),
         metavar="LIST",
-        help=f"max_workers to try, comma-separated (default {DEFAULT_WORKERS})",
+        help=f"max_workers to try, comma-separated; per shard with --shards "
+        f"(default {DEFAULT_WORKERS})",
+    )
+    sweep.add_argument(
+        "--shards",
+        type=_typed(_positive_int),
+        default=1,
+        metavar="N",
+        help="run each step's jobs through ShardedExecutor(shards=N, max_workers=W): N "
+        "processes of max_workers (per shard) each, so N*W jobs at once; CPU %% includes "
+        "the shards' (default 1: one CoroutineExecutor, no shards)",
     )
     sweep.add_argument(
         "--duration", type=d, default=5.0, help="time budget of each step (default 5s)"
@@ -288,6 +299,8 @@ def _configure(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         raise _Fail("--args-file goes with --job")
     if args.allow_remote and not args.url:
         raise _Fail("--allow-remote goes with --url")
+    if args.url and args.shards > 1:
+        raise _Fail("--url cannot run in shards: use --shards 1, or a --job that fetches it")
     job_timeout = args.job_timeout
     if args.url:
         try:
@@ -300,9 +313,14 @@ def _configure(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         what = f"GET {args.url}"
     elif args.job:
         try:
-            resolve_job(args.job)
+            fn = resolve_job(args.job)
         except ValueError as exc:
             raise _Fail(f"--job: {exc}") from None
+        if args.shards > 1 and not inspect.iscoroutinefunction(fn):
+            raise _Fail(
+                f"--job: {args.job!r} is not a coroutine function (async def), which "
+                "--shards needs: its shards import it by name"
+            )
         if args.args_file is not None:
             try:
                 check_args_file(args.args_file)
@@ -414,7 +432,7 @@ class _Bar:
 
 
 def _run_sweep(
-    configs: Sequence[StepConfig], repeat: int, progress: bool
+    configs: Sequence[StepConfig], repeat: int, progress: bool, shards: int = 1
 ) -> tuple[list[tuple[int, StepResult]], bool]:
     """Run every step ``repeat`` times, printing each row as it comes.
 
@@ -422,7 +440,7 @@ def _run_sweep(
     stopped the sweep early.
     """
     bar = _Bar(progress, len(configs) * repeat)
-    bar.write(table_header())
+    bar.write(table_header(shards))
     runs: list[tuple[int, StepResult]] = []
     interrupted = False
     try:
@@ -433,7 +451,7 @@ def _run_sweep(
                 step = run_step(config, bar.step(len(runs), config))
                 runs.append((run_no, step))
                 bar.done(len(runs))
-                bar.write(table_row(step) + (f"  (run {run_no})" if repeat > 1 else ""))
+                bar.write(table_row(step, shards) + (f"  (run {run_no})" if repeat > 1 else ""))
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -473,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=warmup,
             grace=grace,
             loop=args.loop,
+            shards=args.shards,
             **fields,
         )
         for w in workers
@@ -494,14 +513,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     print()
-    runs, interrupted = _run_sweep(configs, args.repeat, progress)
+    shards: int = args.shards
+    if shards > 1:
+        print(
+            f"{shards} shards (ShardedExecutor processes) per step; max_workers is per "
+            f"shard: each step runs up to {shards} x max_workers jobs at once"
+        )
+    runs, interrupted = _run_sweep(configs, args.repeat, progress, shards)
     correct_rate = args.adjust and not (args.url and is_loopback(args.url))
     steps = fastest_runs([step for _, step in runs], correct=correct_rate)
     if args.repeat > 1 and steps:
         print(f"\nThe fastest of {args.repeat} runs of each max_workers:")
-        print(table_header())
+        print(table_header(shards))
         for step in steps:
-            print(table_row(step))
+            print(table_row(step, shards))
     rec = recommend(
         steps,
         max_lag=args.max_lag,
@@ -512,6 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(rec.text())
+    if shards > 1 and rec.max_workers is not None:
+        print(
+            f"  - max_workers is per shard: ShardedExecutor(shards={shards}, "
+            f"max_workers={rec.max_workers}) runs up to {shards * rec.max_workers:,} jobs at once"
+        )
     loop = next((s.loop for s in steps if s.loop), loop)
     written = []
     if args.csv:
@@ -531,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "correct_rate": correct_rate,
             "correct_lag": args.adjust,
             "repeat": args.repeat,
+            "shards": shards,
             **fields,
         }
         write_json(

@@ -38,6 +38,7 @@ class StepConfig:
     # http
     url: str | None = None
     progress_every: float = 0.25  # seconds between progress reports to the planner
+    shards: int = 1  # > 1: a ShardedExecutor of this many processes, max_workers each
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,8 +57,9 @@ class StepResult:
     out (or, when the job budget ends the step first, when its last job ends).
     """
 
-    max_workers: int
+    max_workers: int  # per shard when shards > 1
     error: str | None = None  # the step could not run (its process failed)
+    shards: int = 1  # 1: a CoroutineExecutor in the step's process; else a ShardedExecutor
     ended_by: str = ""  # "duration" or "jobs"
     window_s: float = 0.0
     jobs: int = 0  # jobs that ended in the window
@@ -70,11 +72,13 @@ class StepResult:
     latency_p95_s: float = 0.0
     latency_p99_s: float = 0.0
     latency_max_s: float = 0.0
-    cpu_pct: float = 0.0  # process CPU time (user + system) / wall time, in the window
+    cpu_pct: float = 0.0  # CPU time (user + system, shards included) / wall time, in the window
+    shard_cpu_pct: float = 0.0  # the part of cpu_pct spent in the shard processes
     cpu_per_job_s: float = 0.0
     cpu_wait_pct: float = 0.0  # share of the window the loop waited for a CPU (busy machine)
     rss_start_mb: float = 0.0  # before the first job
     peak_rss_mb: float = 0.0  # the process's high-water mark
+    shard_peak_rss_mb: float = 0.0  # the shard processes' high-water marks, summed
     rss_source: str = ""
     lag_p50_s: float = 0.0  # how late a 10 ms timer fired, in the window
     lag_p99_s: float = 0.0

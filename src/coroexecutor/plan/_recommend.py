@@ -190,8 +190,9 @@ def recommend(
         )
         reasons.append(
             f"CPU: at max_workers={chosen.max_workers} the process used "
-            f"{chosen.cpu_pct:.0f} % of a core, {_us(cpu_job)} per job, so one event loop "
-            f"tops out near {format_count(ceiling)} jobs/s; {bound}."
+            f"{chosen.cpu_pct:.0f} % of a core, {_us(cpu_job)} per job, so "
+            f"{'one event loop tops' if chosen.shards <= 1 else 'this CPU budget tops'} "
+            f"out near {format_count(ceiling)} jobs/s; {bound}."
         )
     # The knee: where throughput per unit of job latency peaks (Kleinrock's "power").
     # Past it, extra workers mostly queue: Little's law turns each of them into latency.
@@ -211,13 +212,14 @@ def recommend(
     littles = used_rate * latency0 if latency0 > 0 else None
     if littles is not None:
         which = "target (--target-rate)" if target_rate is not None else "best measured"
+        in_flight = chosen.max_workers * max(chosen.shards, 1)  # max_workers is per shard
         reasons.append(
             f"Little's law: {which} {format_count(used_rate)} jobs/s x "
             f"{format_ms(latency0)} ms mean job latency at max_workers="
             f"{least_loaded.max_workers} (the least loaded step) = "
-            f"{littles:,.0f} jobs in flight; the measured answer is "
-            f"{chosen.max_workers / max(littles, 1e-9):.1f}x that (more when latency "
-            "grows under load)."
+            f"{littles:,.0f} jobs in flight; the measured answer allows "
+            f"{in_flight:,} in flight, {in_flight / max(littles, 1e-9):.1f}x that (more when "
+            "latency grows under load)."
         )
         if target_rate is not None and rate(best) < target_rate:
             reasons.append(

@@ -34,18 +34,38 @@ _COLUMNS: tuple[tuple[str, int, Callable[[StepResult], str]], ...] = (
 )
 
 
-def table_header() -> str:
-    return "  ".join(h.rjust(w) for h, w, _ in _COLUMNS)
+# With shards > 1: a shards column after max_workers, which is then per shard.
+_SHARDS_COLUMN: tuple[str, int, Callable[[StepResult], str]] = (
+    "shards",
+    6,
+    lambda s: f"{s.shards:,}",
+)
 
 
-def table_row(step: StepResult) -> str:
+def _columns(shards: int) -> tuple[tuple[str, int, Callable[[StepResult], str]], ...]:
+    if shards <= 1:
+        return _COLUMNS
+    return (_COLUMNS[0], _SHARDS_COLUMN, *_COLUMNS[1:])
+
+
+def table_header(shards: int = 1) -> str:
+    """The table's header; with ``shards`` > 1 a shards column, and a first line saying
+    that max_workers is per shard."""
+    head = "  ".join(h.rjust(w) for h, w, _ in _columns(shards))
+    if shards > 1:
+        head = "max_workers (per shard)".rjust(11) + "\n" + head
+    return head
+
+
+def table_row(step: StepResult, shards: int = 1) -> str:
     if step.error is not None:
         return f"{step.max_workers:>11,}  FAILED: {step.error}"
-    return "  ".join(cell(step).rjust(w) for _, w, cell in _COLUMNS)
+    return "  ".join(cell(step).rjust(w) for _, w, cell in _columns(shards))
 
 
 _CSV_FIELDS = (
     "max_workers",
+    "shards",
     "run",
     "kept",
     "jobs_per_s",
@@ -57,10 +77,12 @@ _CSV_FIELDS = (
     "latency_p99_ms",
     "latency_max_ms",
     "cpu_pct",
+    "shard_cpu_pct",
     "cpu_wait_pct",
     "cpu_per_job_us",
     "rss_start_mb",
     "peak_rss_mb",
+    "shard_peak_rss_mb",
     "lag_p50_ms",
     "lag_p99_ms",
     "lag_max_ms",
@@ -83,6 +105,7 @@ def _csv_row(s: StepResult, run: int, kept: bool) -> dict[str, Any]:
     ms = 1e3
     return {
         "max_workers": s.max_workers,
+        "shards": s.shards,
         "run": run,
         "kept": int(kept),
         "jobs_per_s": round(s.jobs_per_s, 3),
@@ -94,10 +117,12 @@ def _csv_row(s: StepResult, run: int, kept: bool) -> dict[str, Any]:
         "latency_p99_ms": round(s.latency_p99_s * ms, 4),
         "latency_max_ms": round(s.latency_max_s * ms, 4),
         "cpu_pct": round(s.cpu_pct, 2),
+        "shard_cpu_pct": round(s.shard_cpu_pct, 2),
         "cpu_wait_pct": round(s.cpu_wait_pct, 2),
         "cpu_per_job_us": round(s.cpu_per_job_s * 1e6, 3),
         "rss_start_mb": round(s.rss_start_mb, 2),
         "peak_rss_mb": round(s.peak_rss_mb, 2),
+        "shard_peak_rss_mb": round(s.shard_peak_rss_mb, 2),
         "lag_p50_ms": round(s.lag_p50_s * ms, 4),
         "lag_p99_ms": round(s.lag_p99_s * ms, 4),
         "lag_max_ms": round(s.lag_max_s * ms, 4),

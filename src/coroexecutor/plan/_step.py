@@ -1,7 +1,10 @@
 """One step of a sweep, measured in a process of its own.
 
 ``python -m coroexecutor.plan._step`` reads a StepConfig (JSON) on stdin, runs the job
-through a ``CoroutineExecutor`` at that ``max_workers`` in a fresh event loop, and
+through a ``CoroutineExecutor`` at that ``max_workers`` in a fresh event loop (or, with
+``shards`` > 1, through a ``ShardedExecutor`` of that many processes with ``max_workers``
+each; their CPU time counts in the step's, and this module is import-safe, as the
+shards' "spawn" start needs), and
 writes JSON lines on its stdout: progress reports, then the StepResult.  The job's own
 prints go to stderr, so they cannot garble those lines.
 
@@ -14,19 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import importlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from coroexecutor import CoroutineExecutor, run
+from coroexecutor._sharded import ShardedExecutor
 
 from ._model import Histogram, StepConfig, StepResult
-from ._workloads import open_workload
+from ._workloads import open_workload, sharded_workload
 
 __all__ = ("main", "measure")
 
@@ -39,6 +45,7 @@ class _Snap(NamedTuple):
     finished: int  # jobs that ended, whichever way
     completed: int  # jobs that ended with a result
     wait: float  # seconds this thread was runnable but waiting for a CPU
+    shard_cpu: float = 0.0  # CPU time of the child processes (the shards)
 
 
 class _Gate:
@@ -114,6 +121,44 @@ def peak_rss_mb() -> tuple[float, str]:
         return 0.0, ""
 
 
+def _peak_rss_of(pid: int) -> float:
+    """Another process's peak RSS in MB (its RSS now where the peak cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux, or gone
+        pass
+    try:  # pragma: no cover - not Linux
+        psutil = importlib.import_module("psutil")
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except Exception:  # pragma: no cover
+        return 0.0
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children: those reaped (os.times)
+    plus, with psutil, those still running."""
+    t = os.times()
+    total = t.children_user + t.children_system
+    try:
+        psutil = importlib.import_module("psutil")
+    except ImportError:  # pragma: no cover - running shards count once they exit
+        return total
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:  # pragma: no cover
+        return total
+    for child in children:
+        try:
+            ct = child.cpu_times()
+        except psutil.Error:  # pragma: no cover - just ended
+            continue
+        total += ct.user + ct.system
+    return total
+
+
 class _LagProbe:
     """A task that sleeps 10 ms over and over and records how late each wake-up is.
 
@@ -170,28 +215,68 @@ async def measure(
         if gate.on:
             kinds[getattr(exc, "kind", None) or type(exc).__name__] += 1
 
-    async with open_workload(config) as (fn, items):
+    sharded = config.shards > 1
+    shard_peaks: dict[int, float] = {}
+    async with contextlib.AsyncExitStack() as stack:
         lat_add = latency.add
+        exe: Any
+        submit: Callable[[Any, Any], Awaitable[Any]]
+        if sharded:
+            job, items = sharded_workload(config)
+            exe = ShardedExecutor(
+                shards=config.shards,
+                max_workers=config.max_workers,
+                suppress_task_errors=True,
+                job_timeout=config.job_timeout,
+            )
 
-        async def timed(item: Any) -> Any:
-            t0 = perf()
-            try:
-                return await fn(item)
-            finally:
+            def ended(t0: float, handle: asyncio.Future[Any]) -> None:
+                # A job's latency here runs from its submit to its outcome's arrival.
+                exc = None if handle.cancelled() else handle.exception()
                 if gate.on:
                     lat_add(perf() - t0)
+                    if exc is not None:
+                        on_error(handle, exc)
 
-        exe = CoroutineExecutor(
-            config.max_workers,
-            suppress_task_errors=True,
-            job_timeout=config.job_timeout,
-            on_error=on_error,
-        )
+            async def submit_sharded(_: Any, args: Any) -> Any:
+                t0 = perf()
+                handle = await exe.submit(job, *args)
+                handle.add_done_callback(functools.partial(ended, t0))
+                return handle
+
+            submit = submit_sharded
+            first: Any = None
+        else:
+            fn, items = await stack.enter_async_context(open_workload(config))
+
+            async def timed(item: Any) -> Any:
+                t0 = perf()
+                try:
+                    return await fn(item)
+                finally:
+                    if gate.on:
+                        lat_add(perf() - t0)
+
+            exe = CoroutineExecutor(
+                config.max_workers,
+                suppress_task_errors=True,
+                job_timeout=config.job_timeout,
+                on_error=on_error,
+            )
+            submit = exe.submit
+            first = timed
+
+        def sample_shards() -> None:
+            if sharded:
+                for pid in exe.shard_pids:
+                    if pid is not None:
+                        shard_peaks[pid] = max(shard_peaks.get(pid, 0.0), _peak_rss_of(pid))
 
         def snap() -> _Snap:
             st = exe.stats()
             done = st.completed + st.failed + st.cancelled
-            return _Snap(perf(), cpu(), done, st.completed, waited())
+            shard_cpu = children_cpu() if sharded else 0.0
+            return _Snap(perf(), cpu(), done, st.completed, waited(), shard_cpu)
 
         probe_task = loop.create_task(probe.run())
         rss_start = current_rss_mb()
@@ -212,6 +297,7 @@ async def measure(
 
         def progress() -> None:
             nonlocal progress_timer
+            sample_shards()
             if report is not None:
                 st = exe.stats()
                 done = st.completed + st.failed + st.cancelled
@@ -222,7 +308,7 @@ async def measure(
         warm_timer: asyncio.TimerHandle | None = None
         ended_by = "duration"
         budget = config.jobs if config.jobs is not None else -1
-        to_ramp = config.max_workers
+        to_ramp = config.max_workers * config.shards
         ramp_s = 0.0
         deadline = math.inf
         stopped_at = start.t
@@ -234,14 +320,13 @@ async def measure(
             # can keep the loop busy for seconds at large max_workers, and is reported
             # apart (ramp_s) rather than eaten into the budget.
             async with asyncio.timeout(None) as hard, exe:
-                submit = exe.submit
                 try:
                     # `soft` stops a submit blocked behind slow jobs; the clock check
                     # stops a run of jobs that never suspend (and so never let the
                     # timeout's callback run).
                     async with asyncio.timeout(None) as soft:
                         for item in items:
-                            await submit(timed, item)
+                            await submit(first, item)
                             if to_ramp:
                                 to_ramp -= 1
                                 if not to_ramp:
@@ -259,6 +344,7 @@ async def measure(
                 except TimeoutError:
                     pass
                 stopped_at = perf()
+                sample_shards()
                 if to_ramp:  # the job budget ran out before max_workers jobs started
                     ramp_s = stopped_at - start.t
                     hard.reschedule(loop.time() + config.duration + config.grace)
@@ -283,13 +369,15 @@ async def measure(
     window = end.t - window_start.t
     jobs = end.finished - window_start.finished
     ok = end.completed - window_start.completed
-    cpu_s = end.cpu - window_start.cpu
+    shard_cpu_s = end.shard_cpu - window_start.shard_cpu
+    cpu_s = end.cpu - window_start.cpu + shard_cpu_s
     wait_s = end.wait - window_start.wait
     if cut:
         kinds["cut after the grace period"] += cut
     peak, source = peak_rss_mb()
     return StepResult(
         max_workers=config.max_workers,
+        shards=config.shards,
         ended_by=ended_by,
         window_s=window,
         jobs=jobs,
@@ -303,10 +391,12 @@ async def measure(
         latency_p99_s=latency.quantile(0.99),
         latency_max_s=latency.max,
         cpu_pct=100.0 * cpu_s / window if window > 0 else 0.0,
+        shard_cpu_pct=100.0 * shard_cpu_s / window if window > 0 else 0.0,
         cpu_per_job_s=cpu_s / jobs if jobs else 0.0,
         cpu_wait_pct=100.0 * wait_s / window if window > 0 else 0.0,
         rss_start_mb=rss_start,
         peak_rss_mb=peak,
+        shard_peak_rss_mb=sum(shard_peaks.values()),
         rss_source=source,
         lag_p50_s=probe.lag.quantile(0.50),
         lag_p99_s=probe.lag.quantile(0.99),

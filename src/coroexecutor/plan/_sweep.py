@@ -53,7 +53,12 @@ def run_step(
     tail: collections.deque[str] = collections.deque(maxlen=20)
     reader = threading.Thread(target=tail.extend, args=(proc.stderr,), daemon=True)
     reader.start()
-    limit = config.duration + config.grace + STARTUP_ALLOWANCE + RAMP_ALLOWANCE * config.max_workers
+    limit = (
+        config.duration
+        + config.grace
+        + STARTUP_ALLOWANCE * (2 if config.shards > 1 else 1)
+        + RAMP_ALLOWANCE * config.max_workers * config.shards
+    )
     killed = threading.Event()
 
     def kill() -> None:

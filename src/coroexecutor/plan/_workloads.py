@@ -30,6 +30,8 @@ __all__ = (
     "is_loopback",
     "open_workload",
     "resolve_job",
+    "sharded_workload",
+    "synthetic_sharded",
 )
 
 JobFn = Callable[[Any], Awaitable[Any]]
@@ -75,6 +77,27 @@ def synthetic_job(latency: float, jitter: float, cpu: float, fail_rate: float) -
             raise SyntheticFailure("synthetic failure")
 
     return synthetic
+
+
+_SHARD_CLOCK: Callable[[], float] | None = None
+
+
+async def synthetic_sharded(latency: float, jitter: float, cpu: float, fail_rate: float) -> None:
+    """The synthetic job as a module-level coroutine function taking plain arguments, so
+    that a ShardedExecutor's shard processes can import it and run it (``--shards``)."""
+    global _SHARD_CLOCK
+    if latency:
+        spread = latency * (1.0 + jitter * (2.0 * random.random() - 1.0)) if jitter else latency
+        await asyncio.sleep(spread)
+    if cpu:
+        clock = _SHARD_CLOCK
+        if clock is None:
+            clock = _SHARD_CLOCK = _cpu_clock()
+        end = clock() + cpu
+        while clock() < end:
+            pass
+    if fail_rate and random.random() < fail_rate:
+        raise SyntheticFailure("synthetic failure")
 
 
 # --------------------------------------------------------------------- the user's function
@@ -192,6 +215,21 @@ async def _http_workload(config: StepConfig) -> AsyncIterator[tuple[JobFn, Itera
 
 
 # --------------------------------------------------------------------- all of them
+
+
+def sharded_workload(config: StepConfig) -> tuple[Callable[..., Awaitable[Any]], Iterator[Any]]:
+    """For ``--shards`` > 1: an importable coroutine function and the endless stream of
+    its argument tuples (plain, picklable values)."""
+    if config.kind == "synthetic":
+        args = (config.latency, config.jitter, config.cpu, config.fail_rate)
+        return synthetic_sharded, itertools.repeat(args)
+    if config.kind == "function":
+        assert config.job is not None
+        fn = resolve_job(config.job)
+        if config.args_file is None:
+            return fn, itertools.repeat(())
+        return fn, ((line,) for line in _lines_forever(config.args_file))
+    raise ValueError(f"a {config.kind!r} job cannot run in shards")
 
 
 @contextlib.asynccontextmanager
