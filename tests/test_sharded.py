@@ -680,7 +680,7 @@ def test_on_every_loop(run, loop_kind: str) -> None:
     run(main())
 
 
-def test_one_shard_is_not_slower_than_it_should_be_smoke(run) -> None:
+def test_a_few_thousand_jobs_go_through_two_shards(run) -> None:
     """Not a benchmark (bench/sharded.py is): a few thousand no-op jobs go through."""
 
     async def main() -> None:
