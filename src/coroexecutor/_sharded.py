@@ -47,7 +47,6 @@ import enum
 import functools
 import importlib
 import inspect
-import math
 import os
 import pickle
 import signal
@@ -70,7 +69,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
-from ._executor import CoroutineExecutor, ExecutorStats
+from ._executor import CoroutineExecutor, ExecutorStats, _positive_number
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -778,16 +777,6 @@ class _State(enum.Enum):
 _NO_SHARD_LEFT: Final = object()  # a blocked submitter's wake-up: every shard is dead
 
 
-def _positive(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
-    if not value > 0 or math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number greater than 0, got {value!r}")
-    return float(value)
-
-
 def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -828,8 +817,8 @@ class ShardedExecutor:
         self._max_workers = _count("max_workers", max_workers)
         if backend not in ("process", "ray"):
             raise ValueError(f'backend must be "process" or "ray", got {backend!r}')
-        self._timeout = _positive("timeout", timeout)
-        self._job_timeout = _positive("job_timeout", job_timeout)
+        self._timeout = _positive_number("timeout", timeout)
+        self._job_timeout = _positive_number("job_timeout", job_timeout)
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f'start_method must be "spawn" or "forkserver" (not "fork": the parent '
