@@ -70,6 +70,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 from ._executor import CoroutineExecutor, ExecutorStats, _positive_number
+from ._map import _next_args
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -1557,22 +1558,6 @@ class ShardedExecutor:
 
 
 # ---------------------------------------------------------------------- map
-async def _next_args(sources: list[Any]) -> tuple[Any, ...] | None:
-    args = []
-    for src in sources:
-        if hasattr(src, "__anext__"):
-            try:
-                args.append(await anext(src))
-            except StopAsyncIteration:
-                return None
-        else:
-            try:
-                args.append(next(src))
-            except StopIteration:
-                return None
-    return tuple(args)
-
-
 async def _map(exe: ShardedExecutor, fn: Any, sources: list[Any]) -> AsyncGenerator[Any, None]:
     """Ordered map: the map owns its jobs' errors (raised in turn, not fail-fast)."""
     pending: deque[asyncio.Future[Any]] = deque()
