@@ -13,11 +13,11 @@ import functools
 import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._engine import _BASE_ERRORS, _check_fn, _Engine, _State, _wrapped_job
 from ._map import _map, _map_unordered
+from ._outcome import _Outcome
 
 __all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
 
@@ -64,7 +64,7 @@ def _check_max_workers(value: Any) -> int:
     return value
 
 
-class CoroutineExecutor(_Engine):
+class CoroutineExecutor(_Engine, _Outcome):
     """Run coroutine functions with at most ``max_workers`` of them in flight at once.
 
     ``async with CoroutineExecutor(max_workers=1000) as exe: await exe.submit(fn, x)``
@@ -112,8 +112,7 @@ class CoroutineExecutor(_Engine):
         self._timeout = timeout
         self._max_pending = max_pending
         self._interval = None if rate is None else 1.0 / rate
-        self._group = errors == "group"
-        self._errors: list[BaseException] = []  # every job error, with errors="group"
+        self._init_outcome(group=errors == "group")
         self._on_error = on_error
         if initializer is not None or job_timeout is not None:
             # Only then does a job get a wrapper coroutine: the plain path pays nothing.
@@ -125,14 +124,6 @@ class CoroutineExecutor(_Engine):
             self._progress = Progress(self)
         self._started_at = time.monotonic()  # the timeout counts from here, or from entry
         self._timer: asyncio.TimerHandle | None = None
-        self._entered = False
-        self._exiting = False
-        self._parent_task: asyncio.Task[Any] | None = None
-        self._parent_cancel_requested = False
-        self._error: BaseException | None = None  # the first job error, or the TimeoutError
-        self._base_error: BaseException | None = None  # KeyboardInterrupt / SystemExit
-        self._error_raised = False
-        self._timed_out: TimeoutError | None = None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -246,50 +237,6 @@ class CoroutineExecutor(_Engine):
         self._bind()
         return self
 
-    async def __aexit__(
-        self,
-        et: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self._exiting = True
-        error_before_exit = self._error
-        if isinstance(exc, _BASE_ERRORS) and self._base_error is None:
-            self._base_error = exc
-        propagate_cancel: BaseException | None = None
-        if isinstance(exc, _CancelledError):
-            propagate_cancel = exc
-        if exc is not None and not self._aborting:
-            # The body raised or was cancelled: every job is cancelled and awaited.
-            self._cancel_all()
-        # As with TaskGroup, running jobs may still submit while we wait for them (a
-        # producer job submitted by the body goes on producing); the executor closes
-        # once no job is left.
-        cancelled = await self._finish()
-        if propagate_cancel is None:
-            propagate_cancel = cancelled
-        parent = self._parent_task
-        assert parent is not None
-        if self._parent_cancel_requested:
-            # We cancelled the body (fail-fast or timeout).  On 3.11 and 3.12 a
-            # cancellation the body never reached stays pending after uncancel():
-            # take it here, or it would hit the code after the block.
-            if getattr(parent, "_must_cancel", False):
-                try:
-                    await asyncio.sleep(0)
-                except _CancelledError:
-                    pass
-            self._parent_cancel_requested = False
-            if parent.uncancel() == 0:
-                propagate_cancel = None
-        body_error = exc if exc is not None and not isinstance(exc, _CancelledError) else None
-        # The first failure wins: a job error that caused the shutdown beats what the
-        # body raised because of it; an error of the body's own beats later job errors.
-        self._raise_error(body_error, error_before_exit is not None)
-        if propagate_cancel is not None:
-            raise propagate_cancel
-        return None
-
     # ------------------------------------------------------------------ internals
     def _bind(self) -> None:
         super()._bind()
@@ -309,19 +256,6 @@ class CoroutineExecutor(_Engine):
         self._aborting = True
         self._close()
         self._cancel_jobs()
-
-    def _abort(self, error: BaseException) -> None:
-        """Fail-fast: record the error, cancel everything, and cancel the body."""
-        if self._error is None:
-            self._error = error
-        if self._aborting:
-            return
-        self._cancel_all()
-        parent = self._parent_task
-        if parent is not None and not self._exiting and not parent.done():
-            # As TaskGroup does: stop the body wherever it waits (a submit, a sleep).
-            self._parent_cancel_requested = True
-            parent.cancel()
 
     def _job_failed(self, exc: BaseException, report: bool, after_cancel: bool = False) -> None:
         if isinstance(exc, _BASE_ERRORS):
@@ -395,13 +329,9 @@ class CoroutineExecutor(_Engine):
                         self._workers_gone = loop.create_future()
                     await self._workers_gone
             except _CancelledError as ex:
-                if not self._aborting:
-                    propagate = ex
-                    self._cancel_all()
-                elif not self._parent_cancel_requested or asyncio.current_task() is not (
-                    self._parent_task
-                ):
-                    propagate = ex
+                outside = self._finish_interrupted(ex)
+                if outside is not None:
+                    propagate = outside
         self._close()
         self._state = _State.CLOSED
         if self._progress is not None:
@@ -410,27 +340,6 @@ class CoroutineExecutor(_Engine):
             self._timer.cancel()
             self._timer = None
         return propagate
-
-    def _raise_error(
-        self, body_error: BaseException | None = None, job_error_first: bool = True
-    ) -> None:
-        """Raise what the executor's outcome is, once: KeyboardInterrupt/SystemExit, the
-        ExceptionGroup of job errors (errors="group"), or the first error."""
-        if self._base_error is not None:
-            raise self._base_error
-        if self._error_raised:
-            return
-        if self._group and self._errors:
-            errors = list(self._errors)
-            if self._timed_out is not None:
-                errors.append(self._timed_out)
-            if body_error is not None:
-                errors.append(body_error)  # as TaskGroup adds the body's exception
-            self._error_raised = True
-            raise BaseExceptionGroup(f"unhandled errors in {type(self).__name__}", errors)
-        if self._error is not None and (body_error is None or job_error_first):
-            self._error_raised = True
-            raise self._error
 
     def __repr__(self) -> str:
         st = self.stats()

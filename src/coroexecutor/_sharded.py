@@ -66,11 +66,11 @@ from collections.abc import (
     Callable,
     Iterable,
 )
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 from ._executor import CoroutineExecutor, ExecutorStats, _positive_number
 from ._map import _next_args
+from ._outcome import _Outcome
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -786,7 +786,7 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
-class ShardedExecutor:
+class ShardedExecutor(_Outcome):
     """Run importable coroutine functions over ``shards`` processes (or Ray actors).
 
     Each shard is a ``CoroutineExecutor(max_workers)`` on its own event loop (uvloop when
@@ -862,14 +862,8 @@ class ShardedExecutor:
         self._drained: asyncio.Future[None] | None = None
 
         self._timer: asyncio.TimerHandle | None = None
-        self._entered = False
-        self._exiting = False
         self._aborting = False
-        self._parent_task: asyncio.Task[Any] | None = None
-        self._parent_cancel_requested = False
-        self._error: BaseException | None = None  # the first job error, or the TimeoutError
-        self._base_error: BaseException | None = None  # KeyboardInterrupt / SystemExit
-        self._error_raised = False
+        self._init_outcome()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -1024,48 +1018,15 @@ class ShardedExecutor:
         await self._ensure_started()
         return self
 
-    async def __aexit__(
-        self,
-        et: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self._exiting = True
+    async def _finish_at_exit(self) -> BaseException | None:
         clean = False
         try:
-            error_before_exit = self._error
-            if isinstance(exc, _BASE_ERRORS) and self._base_error is None:
-                self._base_error = exc
-            propagate_cancel: BaseException | None = None
-            if isinstance(exc, _CancelledError):
-                propagate_cancel = exc
-            if exc is not None and not self._aborting:
-                self._cancel_all()  # the body raised or was cancelled
             cancelled = await self._finish()
             clean = True
         finally:
             if not clean:
                 self._kill_all()  # a second Ctrl-C, or worse: no shard outlives us
-        if propagate_cancel is None:
-            propagate_cancel = cancelled
-        parent = self._parent_task
-        assert parent is not None
-        if self._parent_cancel_requested:
-            # We cancelled the body (fail-fast or timeout): take back that cancellation
-            # (on 3.11 and 3.12 one the body never reached is still pending).
-            if getattr(parent, "_must_cancel", False):
-                try:
-                    await asyncio.sleep(0)
-                except _CancelledError:
-                    pass
-            self._parent_cancel_requested = False
-            if parent.uncancel() == 0:
-                propagate_cancel = None
-        body_error = exc if exc is not None and not isinstance(exc, _CancelledError) else None
-        self._raise_error(body_error, error_before_exit is not None)
-        if propagate_cancel is not None:
-            raise propagate_cancel
-        return None
+        return cancelled
 
     def __reduce__(self) -> Any:
         raise TypeError(f"{type(self).__name__} cannot be pickled (nor sent to a shard)")
@@ -1436,18 +1397,6 @@ class ShardedExecutor:
                 shard.control = _CANCEL_ALL
         self._schedule_flush()
 
-    def _abort(self, error: BaseException) -> None:
-        """Fail-fast: record the error, cancel everything, and cancel the body."""
-        if self._error is None:
-            self._error = error
-        if self._aborting:
-            return
-        self._cancel_all()
-        parent = self._parent_task
-        if parent is not None and not self._exiting and not parent.done():
-            self._parent_cancel_requested = True
-            parent.cancel()
-
     def _job_failed(self, exc: BaseException, report: bool) -> None:
         if isinstance(exc, _BASE_ERRORS):
             if self._base_error is None:
@@ -1478,13 +1427,9 @@ class ShardedExecutor:
                     self._drained = loop.create_future()
                 await self._drained
             except _CancelledError as ex:
-                if not self._aborting:
-                    propagate = ex
-                    self._cancel_all()
-                elif not self._parent_cancel_requested or asyncio.current_task() is not (
-                    self._parent_task
-                ):
-                    propagate = ex
+                outside = self._finish_interrupted(ex)
+                if outside is not None:
+                    propagate = outside
         self._close()
         if self._timer is not None:
             self._timer.cancel()
@@ -1525,17 +1470,6 @@ class ShardedExecutor:
             shard.alive = False
             shard.transport.kill()
         self._live = []
-
-    def _raise_error(
-        self, body_error: BaseException | None = None, job_error_first: bool = True
-    ) -> None:
-        if self._base_error is not None:
-            raise self._base_error
-        if self._error_raised:
-            return
-        if self._error is not None and (body_error is None or job_error_first):
-            self._error_raised = True
-            raise self._error
 
     def _map_input(
         self, what: str, fn: Any, iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...]
