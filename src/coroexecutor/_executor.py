@@ -2,7 +2,8 @@
 
 The engine (``_engine``) runs jobs; this module decides what a job's failure, the body's
 exception, a cancellation or the deadline do to the rest, following
-``asyncio.TaskGroup`` wherever the two can be compared.
+``asyncio.TaskGroup`` wherever the two can be compared.  The rules ShardedExecutor
+shares (exit, fail-fast, which error wins) live in ``_outcome``.
 """
 
 from __future__ import annotations
