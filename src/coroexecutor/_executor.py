@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, Literal, TypeVar
 
 from ._engine import _BASE_ERRORS, _check_fn, _Engine, _State, _wrapped_job
-from ._map import _map, _map_unordered
+from ._map import _map, _map_unordered, _open_sources
 from ._outcome import _Outcome
 
 __all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
@@ -191,14 +191,7 @@ class CoroutineExecutor(_Engine, _Outcome):
     ) -> list[Any]:
         if not callable(fn):
             _check_fn(fn, what)
-        if not iterables:
-            raise TypeError(f"{what}() needs at least one iterable")
-        sources: list[Any] = []
-        for it in iterables:
-            if isinstance(it, AsyncIterable):
-                sources.append(aiter(it))
-            else:
-                sources.append(iter(it))
+        sources = _open_sources(what, iterables)
         if self._progress is not None:
             self._progress.add_total(iterables)
         return sources
@@ -225,15 +218,7 @@ class CoroutineExecutor(_Engine, _Outcome):
         self._raise_error()
 
     async def __aenter__(self) -> CoroutineExecutor:
-        if self._entered:
-            raise RuntimeError(f"{self!r} has already been entered")
-        if hasattr(self, "_loop"):
-            raise RuntimeError(f"{self!r} was used before it was entered; enter it first")
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError(f"{self!r} must be entered inside a task")
-        self._entered = True
-        self._parent_task = task
+        self._claim_entry(used=hasattr(self, "_loop"))
         self._started_at = time.monotonic()
         self._bind()
         return self

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._engine import _Engine
 
-__all__ = ("_map", "_map_unordered")
+__all__ = ("_map", "_map_unordered", "_next_args", "_open_sources")
 
 _NO_KWARGS: dict[str, Any] = {}
+
+
+def _open_sources(what: str, iterables: tuple[Any, ...]) -> list[Any]:
+    """map()'s input as iterators: an async iterator for each async iterable, else iter()."""
+    if not iterables:
+        raise TypeError(f"{what}() needs at least one iterable")
+    return [aiter(it) if isinstance(it, AsyncIterable) else iter(it) for it in iterables]
 
 
 def _zip_sources(sources: list[Any]) -> tuple[Any, bool]:

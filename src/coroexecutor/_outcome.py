@@ -45,6 +45,19 @@ class _Outcome:
         self._group = group  # errors="group": exit raises every job error
         self._errors: list[BaseException] = []
 
+    def _claim_entry(self, used: bool) -> None:
+        """``__aenter__``'s checks: entered once, before any use, inside a task (the one
+        fail-fast cancels)."""
+        if self._entered:
+            raise RuntimeError(f"{self!r} has already been entered")
+        if used:
+            raise RuntimeError(f"{self!r} was used before it was entered; enter it first")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError(f"{self!r} must be entered inside a task")
+        self._entered = True
+        self._parent_task = task
+
     def _abort(self, error: BaseException) -> None:
         """Fail-fast: record the error, cancel everything, and cancel the body."""
         if self._error is None:

@@ -69,7 +69,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 from ._executor import CoroutineExecutor, ExecutorStats, _positive_number
-from ._map import _next_args
+from ._map import _next_args, _open_sources
 from ._outcome import _Outcome
 
 if TYPE_CHECKING:
@@ -1006,15 +1006,7 @@ class ShardedExecutor(_Outcome):
         self._raise_error()
 
     async def __aenter__(self) -> ShardedExecutor:
-        if self._entered:
-            raise RuntimeError(f"{self!r} has already been entered")
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"{self!r} was used before it was entered; enter it first")
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError(f"{self!r} must be entered inside a task")
-        self._entered = True
-        self._parent_task = task
+        self._claim_entry(used=self._state is not _State.NEW)
         await self._ensure_started()
         return self
 
@@ -1480,15 +1472,7 @@ class ShardedExecutor(_Outcome):
             known = False
         if not known:
             self._register(fn, what)
-        if not iterables:
-            raise TypeError(f"{what}() needs at least one iterable")
-        sources: list[Any] = []
-        for it in iterables:
-            if isinstance(it, AsyncIterable):
-                sources.append(aiter(it))
-            else:
-                sources.append(iter(it))
-        return sources
+        return _open_sources(what, iterables)
 
 
 # ---------------------------------------------------------------------- map
