@@ -939,28 +939,7 @@ class ShardedExecutor(_Outcome):
                     most = shard.credits
             if best is not None:
                 best.credits = most - 1
-                # _place(), inlined: this is the hot path.
-                jid = self._next_jid
-                self._next_jid = jid + 1
-                handle = _Handle(loop=self._loop)
-                handle._jid = jid
-                handle._shard = best
-                handle._report = report
-                best.jobs[jid] = handle
-                if fid not in best.known:
-                    best.known.add(fid)
-                    if fid >= 0:
-                        best.defs.append((fid, self._fn_blobs[fid]))
-                outbox = best.outbox
-                outbox.append((jid, fid, blob))
-                self._inflight += 1
-                self._submitted += 1
-                if len(outbox) >= _BATCH:
-                    self._send(best)
-                elif not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._flush)
-                return handle
+                return self._place(best, fid, blob, report)
         return self._place(await self._wait_for_credit(), fid, blob, report)
 
     def map(
