@@ -1,17 +1,20 @@
-"""Performance regression guard (``make bench-check``): our cost per job over the floor's.
+"""Performance regression guard (``make bench-check``): our cost per job, side by side.
 
     python -m bench.check                        # measure, compare, exit 1 if a ratio rose
     python -m bench.check --n 100000 --repeat 9  # smaller runs, more repeats
     python -m bench.check --update               # rewrite bench/thresholds.json (see README)
     python -m bench.check --inject-slowdown-us 2.5  # proof that it fails: +2.5 µs per job
 
-Everything runs in this one process, on each loop (asyncio, uvloop): a measurement of
-each of five workloads per loop, repeated and interleaved (repeat 1 of every workload on
-every loop, then repeat 2, ...; the order rotates from repeat to repeat), so a noisy
-stretch of time hits all of them.  Each repeat gives a ratio (ours / floor, from the
-same repeat on the same loop); the median over repeats is compared with
-``bench/thresholds.json``.  A ratio over its threshold is measured again (its loop
-only) and fails only if the second measurement is over it too.
+Everything runs in this one process, on each loop (asyncio, uvloop): twelve measurements
+per loop (see ``KINDS``), repeated and interleaved (repeat 1 of every kind on every loop,
+then repeat 2, ...; the order rotates from repeat to repeat), so a noisy stretch of time
+hits all of them.  Each repeat gives seven ratios (see ``RATIOS``): ours over the loop's
+own cost of the same work (no-op and yield-once jobs), and ours over the hand-written
+``Semaphore`` + ``TaskGroup`` pattern (yield-once jobs, sleep(10 ms) at W=10,000, and
+jobs all parked at once: time and bytes per job), each from the same repeat on the same
+loop.  The median over repeats is compared with ``bench/thresholds.json``.  A ratio over
+its threshold is measured again (its loop only) and fails only if the second
+measurement is over it too.
 
 Absolute µs/job are printed for information only: on the shared 2-core machine they
 move by ±30 % from minute to minute, while ratios measured side by side stay put.
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,24 +49,48 @@ THRESHOLDS = BENCH / "thresholds.json"
 
 LOOPS = ("asyncio", "uvloop")
 WORKERS = 1000  # max_workers of the executor, and the number of bare sleep(0) coroutines
-DEFAULT_N = 200_000  # jobs per measurement; the default check takes ~40 s on 2 cores
+SLEEP10MS_WORKERS = 10_000  # W of the sleep(10 ms) measurements
+DEFAULT_N = 200_000  # jobs per no-op measurement; the default check takes ~2 min on 2 cores
 DEFAULT_REPEAT = 7
 UPDATE_REPEAT = 15  # --update keeps what it measures, so it measures longer
 DEFAULT_MARGIN = 1.5
 # The floor is ~15x cheaper per job than the rest, so it runs this many times n jobs: a
 # measurement of a few ms would be at the mercy of one scheduler tick.
 FLOOR_SCALE = 5
+# The other workloads cost 3 to 200 times more per job than a no-op, so they run fewer
+# jobs (see jobs_of), sized so that each measurement takes roughly as long as a no-op one.
 # A ratio below this fraction of its threshold is reported as "improved": time to tighten
 # the thresholds with --update (at margin 1.5 the measured ratio sits at 0.67).
 IMPROVED = 0.4
 
-# What is timed, per loop and repeat (see `workload`).
-KINDS = ("floor", "submit", "map", "sleep0", "bare-sleep0")
-# ratio name -> (numerator, denominator): ours over the loop's own cost of the same work.
+# What is measured, per loop and repeat (see `workload`): seconds, except the two
+# "-bytes" kinds, which are bytes (traced by tracemalloc while every job is parked).
+# "tg-" kinds are the hand-written asyncio.Semaphore + asyncio.TaskGroup pattern.
+KINDS = (
+    "floor",
+    "submit",
+    "map",
+    "sleep0",
+    "bare-sleep0",
+    "tg-sleep0",
+    "sleep10ms",
+    "tg-sleep10ms",
+    "parked",
+    "tg-parked",
+    "parked-bytes",
+    "tg-parked-bytes",
+)
+MEMORY_KINDS = ("parked-bytes", "tg-parked-bytes")
+# ratio name -> (numerator, denominator): ours over the same work done by the loop alone
+# (the floors) or by Semaphore + TaskGroup, measured side by side.
 RATIOS: dict[str, tuple[str, str]] = {
     "submit/floor": ("submit", "floor"),
     "map/floor": ("map", "floor"),
     "sleep0/bare-sleep0": ("sleep0", "bare-sleep0"),
+    "sleep0/taskgroup": ("sleep0", "tg-sleep0"),
+    "sleep10ms-w10000/taskgroup": ("sleep10ms", "tg-sleep10ms"),
+    "parked/taskgroup": ("parked", "tg-parked"),
+    "parked-bytes/taskgroup": ("parked-bytes", "tg-parked-bytes"),
 }
 
 # loop -> ratio name -> value (a measured ratio, or a threshold)
@@ -197,22 +225,28 @@ def _ratio_order(name: str) -> tuple[int, str]:
 
 @dataclass
 class Measurement:
-    """Seconds per (loop, kind), one value per repeat, and what was asked for."""
+    """Totals per (loop, kind), one value per repeat, and what was asked for.
+
+    A total is the seconds the kind's ``jobs_of`` jobs took, or the bytes they held
+    while parked for the ``MEMORY_KINDS``.
+    """
 
     loops: tuple[str, ...]
     n: int
     repeat: int
     slowdown_us: float
-    seconds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    totals: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     wall_s: float = 0.0
 
     def per_job(self, loop: str, kind: str) -> list[float]:
-        """Seconds per job, one value per repeat."""
+        """Seconds (or bytes) per job, one value per repeat."""
         jobs = jobs_of(kind, self.n)
-        return [s / jobs for s in self.seconds[loop][kind]]
+        return [s / jobs for s in self.totals[loop][kind]]
 
     def us_per_job(self, loop: str, kind: str) -> float:
-        return statistics.median(self.per_job(loop, kind)) * 1e6
+        """µs per job (bytes per job for the memory kinds), median over the repeats."""
+        scale = 1 if kind in MEMORY_KINDS else 1e6
+        return statistics.median(self.per_job(loop, kind)) * scale
 
     def ratio_samples(self, loop: str, name: str) -> list[float]:
         """The ratio in each repeat: both sides measured in the same repeat, same loop."""
@@ -258,88 +292,175 @@ def _spin(ns: int) -> None:
 
 
 def jobs_of(kind: str, n: int) -> int:
-    """How many jobs a measurement of ``kind`` runs (the floor runs more: it is cheap)."""
-    return n * FLOOR_SCALE if kind == "floor" else n
+    """How many jobs a measurement of ``kind`` runs, for ``--n`` = n.
+
+    The floor runs more (it is cheap); the yield-once kinds n/2; sleep(10 ms) whole rounds
+    of W=10,000 (about n/5, at least one round); parked holds n/10 jobs at once, n/40
+    under tracemalloc.
+    """
+    if kind == "floor":
+        return n * FLOOR_SCALE
+    if kind in ("sleep10ms", "tg-sleep10ms"):
+        return SLEEP10MS_WORKERS * max(1, round(n / 5 / SLEEP10MS_WORKERS))
+    if kind in ("sleep0", "bare-sleep0", "tg-sleep0"):
+        return max(WORKERS, n // 2)
+    if kind in ("parked", "tg-parked"):
+        return max(WORKERS, n // 10)
+    if kind in MEMORY_KINDS:
+        return max(WORKERS, n // 40)
+    return n
 
 
-def workload(kind: str, n: int, slowdown_ns: int = 0) -> Callable[[], Coroutine[Any, Any, None]]:
-    """The coroutine function timed for ``kind``: ``jobs_of(kind, n)`` jobs (or bare rounds).
+Measure = Callable[[], Coroutine[Any, Any, float]]
 
-    ``slowdown_ns`` > 0 busy-waits that long in every job of *ours* (submit, map,
-    sleep0), never in the floors: a stand-in for an executor that got slower.
+
+def workload(kind: str, n: int, slowdown_ns: int = 0) -> Measure:
+    """The measurement of ``kind``: a coroutine function returning its total.
+
+    It runs ``jobs_of(kind, n)`` jobs (or bare rounds) and returns the seconds they took,
+    or, for the memory kinds, the bytes traced while they were all parked.
+    ``slowdown_ns`` > 0 busy-waits that long in every job of *ours* (submit, map, sleep0,
+    sleep10ms, parked), never in the floors or Semaphore + TaskGroup's: a stand-in for an
+    executor that got slower.  It cannot raise the memory ratio.
     """
     from coroexecutor import CoroutineExecutor
 
+    jobs = jobs_of(kind, n)
     sleep = asyncio.sleep
+
+    def ours(
+        job: Callable[[], Coroutine[Any, Any, None]],
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        if not slowdown_ns:
+            return job
+
+        async def slowed() -> None:
+            _spin(slowdown_ns)
+            await job()
+
+        return slowed
+
+    async def noop() -> None:
+        pass
 
     if slowdown_ns:
 
-        async def noop() -> None:
-            _spin(slowdown_ns)
-
         async def noop1(_i: int) -> None:
             _spin(slowdown_ns)
-
-        async def sleep0() -> None:
-            _spin(slowdown_ns)
-            await sleep(0)
 
     else:
 
-        async def noop() -> None:
-            pass
-
         async def noop1(_i: int) -> None:
             pass
 
-        async def sleep0() -> None:
-            await sleep(0)
+    async def sleep0() -> None:
+        await sleep(0)
+
+    async def sleep10ms() -> None:
+        await sleep(0.01)
+
+    async def with_executor(job: Callable[[], Coroutine[Any, Any, None]], w: int) -> None:
+        async with CoroutineExecutor(max_workers=w) as exe:
+            for _i in range(jobs):
+                await exe.submit(job)
+
+    async def with_taskgroup(job: Callable[[], Coroutine[Any, Any, None]], w: int) -> None:
+        # The hand-written pattern, as bench/contenders.py's semaphore-taskgroup.
+        sem = asyncio.Semaphore(w)
+        release = sem.release
+
+        def on_done(_task: asyncio.Task[None]) -> None:
+            release()
+
+        async with asyncio.TaskGroup() as tg:
+            for _i in range(jobs):
+                await sem.acquire()
+                tg.create_task(job()).add_done_callback(on_done)
 
     async def floor() -> None:
-        async def job() -> None:
-            pass
-
-        for _i in range(n * FLOOR_SCALE):
-            await job()
-
-    async def submit() -> None:
-        async with CoroutineExecutor(max_workers=WORKERS) as exe:
-            for _i in range(n):
-                await exe.submit(noop)
+        for _i in range(jobs):
+            await noop()
 
     async def map_() -> None:
         async with CoroutineExecutor(max_workers=WORKERS) as exe:
-            async for _r in exe.map(noop1, range(n)):
+            async for _r in exe.map(noop1, range(jobs)):
                 pass
-
-    async def sleep0_jobs() -> None:
-        async with CoroutineExecutor(max_workers=WORKERS) as exe:
-            for _i in range(n):
-                await exe.submit(sleep0)
 
     async def bare(rounds: int) -> None:
         for _i in range(rounds):
             await sleep(0)
 
     async def bare_sleep0() -> None:
-        w = min(WORKERS, n)
-        q, r = divmod(n, w)
+        w = min(WORKERS, jobs)
+        q, r = divmod(jobs, w)
         await asyncio.gather(*(bare(q + (i < r)) for i in range(w)))
 
-    kinds = {
-        "floor": floor,
-        "submit": submit,
-        "map": map_,
-        "sleep0": sleep0_jobs,
-        "bare-sleep0": bare_sleep0,
+    def parked(
+        run: Callable[[Callable[[], Coroutine[Any, Any, None]], int], Coroutine[Any, Any, None]],
+        slowed: bool,
+        on_all_parked: Callable[[], None] = lambda: None,
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """All ``jobs`` in flight at once (W = jobs), each waiting on one Event; the last
+        one to park calls ``on_all_parked`` and releases them all."""
+
+        async def go() -> None:
+            release = asyncio.Event()
+            count = 0
+
+            async def job() -> None:
+                nonlocal count
+                count += 1
+                if count == jobs:
+                    on_all_parked()
+                    release.set()
+                await release.wait()
+
+            await run(ours(job) if slowed else job, jobs)
+
+        return go
+
+    def timed(fn: Callable[[], Coroutine[Any, Any, None]]) -> Measure:
+        async def measure() -> float:
+            t0 = time.perf_counter()
+            await fn()
+            return time.perf_counter() - t0
+
+        return measure
+
+    def traced(
+        run: Callable[[Callable[[], Coroutine[Any, Any, None]], int], Coroutine[Any, Any, None]],
+    ) -> Measure:
+        # Bytes allocated through Python's allocators and still held when every job is
+        # parked: exact and repeatable, unlike RSS in a process that has run other kinds.
+        async def measure() -> float:
+            held: list[int] = []
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                fn = parked(run, False, lambda: held.append(tracemalloc.get_traced_memory()[0]))
+                await fn()
+            finally:
+                tracemalloc.stop()
+            return float(held[0] - base)
+
+        return measure
+
+    kinds: dict[str, Measure] = {
+        "floor": timed(floor),
+        "submit": timed(lambda: with_executor(ours(noop), WORKERS)),
+        "map": timed(map_),
+        "sleep0": timed(lambda: with_executor(ours(sleep0), WORKERS)),
+        "bare-sleep0": timed(bare_sleep0),
+        "tg-sleep0": timed(lambda: with_taskgroup(sleep0, WORKERS)),
+        "sleep10ms": timed(lambda: with_executor(ours(sleep10ms), SLEEP10MS_WORKERS)),
+        "tg-sleep10ms": timed(lambda: with_taskgroup(sleep10ms, SLEEP10MS_WORKERS)),
+        "parked": timed(parked(with_executor, True)),
+        "tg-parked": timed(parked(with_taskgroup, False)),
+        "parked-bytes": traced(with_executor),
+        "tg-parked-bytes": traced(with_taskgroup),
     }
     return kinds[kind]
-
-
-async def _timed(fn: Callable[[], Coroutine[Any, Any, None]]) -> float:
-    t0 = time.perf_counter()
-    await fn()
-    return time.perf_counter() - t0
 
 
 def measure(
@@ -349,9 +470,9 @@ def measure(
     slowdown_us: float = 0.0,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> Measurement:
-    """Time every kind on every loop, ``repeat`` times, interleaved."""
+    """Measure every kind on every loop, ``repeat`` times, interleaved."""
     m = Measurement(loops, n, repeat, slowdown_us)
-    m.seconds = {loop: {kind: [] for kind in KINDS} for loop in loops}
+    m.totals = {loop: {kind: [] for kind in KINDS} for loop in loops}
     slowdown_ns = round(slowdown_us * 1000)
     started = time.perf_counter()
     for r in range(repeat):
@@ -362,7 +483,7 @@ def measure(
                 for kind in order:
                     fn = workload(kind, n, slowdown_ns)
                     gc.collect()
-                    m.seconds[loop][kind].append(runner.run(_timed(fn)))
+                    m.totals[loop][kind].append(runner.run(fn()))
         done = time.perf_counter() - started
         eta = done / (r + 1) * (repeat - r - 1)
         progress(f"repeat {r + 1}/{repeat} of {', '.join(loops)}: {done:.0f} s, ~{eta:.0f} s left")
@@ -398,12 +519,23 @@ def table(measurements: Sequence[Measurement], verdicts: Sequence[Verdict]) -> s
             f"| {v.loop} | {v.ratio} | {v.value:.3f} | {min(samples):.3f} to {max(samples):.3f} "
             f"| {limit} | {status} |"
         )
-    rows += ["", "µs/job, median (for information; absolute times are noisy here):", ""]
-    rows += ["| loop | " + " | ".join(KINDS) + " |", "|---|" + "---:|" * len(KINDS)]
-    for loop, m in latest.items():
-        rows.append(
-            f"| {loop} | " + " | ".join(f"{m.us_per_job(loop, k):.3f}" for k in KINDS) + " |"
-        )
+    loops = list(latest)
+    rows += [
+        "",
+        "Per job, median (for information; absolute times are noisy here; "
+        "bytes for the -bytes kinds):",
+        "",
+        "| kind | jobs | " + " | ".join(loops) + " |",
+        "|---|---:|" + "---:|" * len(loops),
+    ]
+    for kind in KINDS:
+        unit = "B" if kind in MEMORY_KINDS else "µs"
+        jobs = jobs_of(kind, next(iter(latest.values())).n)
+        cells = []
+        for loop in loops:
+            value = latest[loop].us_per_job(loop, kind)
+            cells.append(f"{value:,.0f} {unit}" if kind in MEMORY_KINDS else f"{value:.3f} {unit}")
+        rows.append(f"| {kind} | {jobs:,} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -442,8 +574,9 @@ def thresholds_document(m: Measurement, margin: float) -> dict[str, Any]:
             f"ratio over {m.repeat} interleaved repeats of {m.n:,} jobs measured on this "
             f"machine ('measured', range over repeats in 'range') times a safety margin of "
             f"{margin}: wide enough that a noisy machine does not fail the check, narrow "
-            "enough that a 2x regression of our per-job cost (relative to the floor) does. "
-            "Ratios, not times: both sides are measured side by side in one process."
+            "enough that a 2x regression of our per-job cost (relative to the floor or to "
+            "Semaphore + TaskGroup) does. Ratios, not times: both sides are measured side by "
+            "side in one process."
         ),
         "margin": margin,
         "thresholds": make_thresholds(measured, margin),
@@ -454,6 +587,7 @@ def thresholds_document(m: Measurement, margin: float) -> dict[str, Any]:
             "n": m.n,
             "repeat": m.repeat,
             "max_workers": WORKERS,
+            "jobs": {kind: jobs_of(kind, m.n) for kind in KINDS},
             "python": platform.python_version(),
             "cpu": _cpu_model(),
             "cpus": os.cpu_count(),
@@ -471,7 +605,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.check",
         description="Fail (exit 1) if our cost per job rose relative to the event loop's own.",
     )
-    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"jobs per measurement ({DEFAULT_N:,})")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=DEFAULT_N,
+        help=f"no-op jobs per measurement ({DEFAULT_N:,}); the other kinds scale with it",
+    )
     p.add_argument(
         "--repeat",
         type=int,

@@ -6,6 +6,7 @@ run in the normal suite (the file only needs ``bench`` importable from the repo 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,13 +15,46 @@ from bench import check
 from bench.check import Ratios, Verdict
 
 THRESHOLDS: Ratios = {
-    "asyncio": {"submit/floor": 8.0, "map/floor": 10.0, "sleep0/bare-sleep0": 2.0},
-    "uvloop": {"submit/floor": 9.0, "map/floor": 11.0, "sleep0/bare-sleep0": 2.5},
+    "asyncio": {
+        "submit/floor": 8.0,
+        "map/floor": 10.0,
+        "sleep0/bare-sleep0": 2.0,
+        "sleep0/taskgroup": 1.2,
+        "sleep10ms-w10000/taskgroup": 1.6,
+        "parked/taskgroup": 3.0,
+        "parked-bytes/taskgroup": 2.4,
+    },
+    "uvloop": {
+        "submit/floor": 9.0,
+        "map/floor": 11.0,
+        "sleep0/bare-sleep0": 2.5,
+        "sleep0/taskgroup": 1.1,
+        "sleep10ms-w10000/taskgroup": 2.0,
+        "parked/taskgroup": 3.2,
+        "parked-bytes/taskgroup": 2.5,
+    },
 }
 GOOD: Ratios = {
-    "asyncio": {"submit/floor": 5.0, "map/floor": 6.5, "sleep0/bare-sleep0": 1.2},
-    "uvloop": {"submit/floor": 5.5, "map/floor": 7.0, "sleep0/bare-sleep0": 1.5},
+    "asyncio": {
+        "submit/floor": 5.0,
+        "map/floor": 6.5,
+        "sleep0/bare-sleep0": 1.2,
+        "sleep0/taskgroup": 0.6,
+        "sleep10ms-w10000/taskgroup": 1.1,
+        "parked/taskgroup": 2.0,
+        "parked-bytes/taskgroup": 1.6,
+    },
+    "uvloop": {
+        "submit/floor": 5.5,
+        "map/floor": 7.0,
+        "sleep0/bare-sleep0": 1.5,
+        "sleep0/taskgroup": 0.7,
+        "sleep10ms-w10000/taskgroup": 1.3,
+        "parked/taskgroup": 2.1,
+        "parked-bytes/taskgroup": 1.6,
+    },
 }
+PER_LOOP = len(check.RATIOS)
 
 
 def with_value(base: Ratios, loop: str, name: str, value: float) -> Ratios:
@@ -53,15 +87,15 @@ def test_judge_at_threshold_passes_and_above_fails() -> None:
     measured = with_value(measured, "uvloop", "map/floor", 11.01)
     verdicts = check.judge(measured, THRESHOLDS)
     assert [(v.loop, v.ratio) for v in check.failed(verdicts)] == [("uvloop", "map/floor")]
-    assert len(verdicts) == 6
-    assert [v.loop for v in verdicts] == ["asyncio"] * 3 + ["uvloop"] * 3
-    assert [v.ratio for v in verdicts[:3]] == list(check.RATIOS)
+    assert len(verdicts) == 2 * PER_LOOP
+    assert [v.loop for v in verdicts] == ["asyncio"] * PER_LOOP + ["uvloop"] * PER_LOOP
+    assert [v.ratio for v in verdicts[:PER_LOOP]] == list(check.RATIOS)
 
 
 def test_ratio_without_threshold_is_not_judged() -> None:
     verdicts = check.judge(GOOD, {"asyncio": THRESHOLDS["asyncio"]})
     uv = [v for v in verdicts if v.loop == "uvloop"]
-    assert len(uv) == 3
+    assert len(uv) == PER_LOOP
     assert all(v.threshold is None and v.ok for v in uv)
 
 
@@ -160,6 +194,46 @@ def test_the_committed_thresholds_file_is_valid() -> None:
     assert doc["comment"]
 
 
+# --------------------------------------------------------------------------- what is measured
+
+
+def test_every_kind_is_in_a_ratio_and_every_ratio_has_its_kinds() -> None:
+    used = {kind for pair in check.RATIOS.values() for kind in pair}
+    assert used == set(check.KINDS)
+    assert set(check.MEMORY_KINDS) <= set(check.KINDS)
+    # Memory is only ever compared with memory.
+    for num, den in check.RATIOS.values():
+        assert (num in check.MEMORY_KINDS) == (den in check.MEMORY_KINDS)
+
+
+def test_jobs_per_measurement() -> None:
+    n = check.DEFAULT_N
+    assert check.jobs_of("floor", n) == n * check.FLOOR_SCALE
+    assert check.jobs_of("submit", n) == n
+    assert check.jobs_of("tg-sleep0", n) == check.jobs_of("sleep0", n) == n // 2
+    for kind in ("sleep10ms", "tg-sleep10ms"):
+        assert check.jobs_of(kind, n) % check.SLEEP10MS_WORKERS == 0
+        assert check.jobs_of(kind, check.WORKERS) == check.SLEEP10MS_WORKERS  # one round
+    assert check.jobs_of("parked", n) == check.jobs_of("tg-parked", n) == n // 10
+    assert check.jobs_of("parked-bytes", n) == check.jobs_of("tg-parked-bytes", n) == n // 40
+    for kind in check.KINDS:
+        assert check.jobs_of(kind, check.WORKERS) >= check.WORKERS
+
+
+@pytest.mark.parametrize("slowdown_ns", [0, 1000])
+def test_every_kind_really_runs(slowdown_ns: int) -> None:
+    # The smallest real measurement of each kind (under a second in all): what bench-check
+    # times must keep working as the engine changes, with and without the injected delay.
+    # debug=False as bench-check runs it (make unit sets PYTHONASYNCIODEBUG, 30x slower).
+    n = check.WORKERS
+    with asyncio.Runner(debug=False) as runner:
+        for kind in check.KINDS:
+            total = runner.run(check.workload(kind, n, slowdown_ns)())
+            assert total > 0, kind
+            if kind in check.MEMORY_KINDS:
+                assert 200 < total / check.jobs_of(kind, n) < 100_000, kind  # bytes per job
+
+
 # --------------------------------------------------------------------------- main()
 
 
@@ -167,18 +241,20 @@ def fake_measurement(ratios: Ratios, n: int = 1000, repeat: int = 3) -> check.Me
     """A Measurement whose per-repeat ratios are exactly ``ratios``."""
     loops = tuple(ratios)
     m = check.Measurement(loops, n, repeat, 0.0)
-    floor_us, bare_us = 0.1, 1.0  # µs per job of the two floors
     for loop in loops:
-        r = ratios[loop]
-        per_job = {
-            "floor": floor_us,
-            "submit": floor_us * r["submit/floor"],
-            "map": floor_us * r["map/floor"],
-            "bare-sleep0": bare_us,
-            "sleep0": bare_us * r["sleep0/bare-sleep0"],
-        }
-        m.seconds[loop] = {
-            kind: [us * 1e-6 * check.jobs_of(kind, n)] * repeat for kind, us in per_job.items()
+        # Each denominator costs 1 (µs or byte) per job unless a ratio already fixed it
+        # (sleep0 is over both bare-sleep0 and tg-sleep0).
+        per_job: dict[str, float] = {}
+        for name, (num, den) in check.RATIOS.items():
+            r = ratios[loop][name]
+            if num in per_job:
+                assert den not in per_job
+                per_job[den] = per_job[num] / r
+            else:
+                per_job[num] = per_job.setdefault(den, 1.0) * r
+        assert set(per_job) == set(check.KINDS)
+        m.totals[loop] = {
+            kind: [value * check.jobs_of(kind, n)] * repeat for kind, value in per_job.items()
         }
     return m
 
@@ -216,8 +292,9 @@ def test_main_update_then_pass_then_fail(
     patch_measure(monkeypatch, GOOD)
     assert check.main([*args, "--update", "--margin", "1.5"]) == 0
     doc = json.loads(path.read_text())
-    expected = {"submit/floor": 7.5, "map/floor": 9.75, "sleep0/bare-sleep0": 1.8}
+    expected = {name: round(value * 1.5, 2) for name, value in GOOD["asyncio"].items()}
     assert doc["thresholds"] == {"asyncio": expected}
+    assert doc["thresholds"]["asyncio"]["parked-bytes/taskgroup"] == 2.4
     assert "margin of 1.5" in doc["comment"]
 
     calls = patch_measure(monkeypatch, GOOD)
