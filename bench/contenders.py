@@ -6,6 +6,9 @@
 Prints exactly one JSON line on stdout (diagnostics go to stderr) and exits 0, or
 prints a JSON line with ``"ok": false`` and exits 1 when the run failed.
 
+A contender that cannot run here (too old a Python, a loop it does not work with) prints
+``"ok": false, "skipped": true`` with the reason and exits 0.
+
 This file must run unchanged in the legacy venv (``bench/.venv-legacy-pyX.Y``, which has
 coroexecutor==2022.8.1 under the same package name as ours), so it imports only the
 standard library at top level; each contender imports its library lazily.  psutil is
@@ -18,7 +21,9 @@ library's documentation shows, without micro-optimisations that only one of them
 - ``coroexecutor-submit`` / ``coroexecutor-map``: ours (imported from ``src/`` via
   PYTHONPATH); handles from ``submit`` are dropped at once, so memory stays flat.
 - ``semaphore-taskgroup``: ``asyncio.Semaphore`` + ``asyncio.TaskGroup`` by hand.
+- ``semaphore-taskgroup-eager``: the same with ``asyncio.eager_task_factory`` (3.12+).
 - ``legacy-2022.8.1`` / ``legacy-2022.8.1-map``: coroexecutor 2022.8.1 from PyPI.
+- ``aiolibs-executor``: ``aiolibs_executor.Executor`` (Python 3.13+), in its own venv.
 - ``aiojobs``: ``aiojobs.Scheduler(limit=W, pending_limit=W)`` + ``spawn``.
 - ``asyncio-pool``: ``AioPool(size=W)`` + ``spawn``.
 - ``aiometer``: ``aiometer.run_on_each(fn, range(n), max_at_once=W)``.
@@ -243,6 +248,20 @@ class Workload:
 
 Driver = Callable[[Workload], Awaitable[None]]
 CONTENDERS: dict[str, Callable[[], tuple[Driver, dict[str, Any]]]] = {}
+# The oldest Python a contender runs on (bench.run does not even start the others).
+MIN_PYTHON = {"semaphore-taskgroup-eager": (3, 12), "aiolibs-executor": (3, 13)}
+
+
+class Unsupported(Exception):
+    """This contender cannot run on this Python or loop: reported as skipped, not failed."""
+
+
+def needs_python(name: str) -> str | None:
+    """Why ``name`` cannot run on this Python, or None."""
+    need = MIN_PYTHON.get(name)
+    if need and sys.version_info[:2] < need:
+        return f"needs Python {need[0]}.{need[1]}+, this run is on {platform.python_version()}"
+    return None
 
 
 def contender(name: str) -> Callable[[Callable[[], tuple[Driver, dict[str, Any]]]], Any]:
@@ -343,6 +362,45 @@ def _semaphore_taskgroup() -> tuple[Driver, dict[str, Any]]:
     return drive, {"module": asyncio.__file__, "version": platform.python_version()}
 
 
+async def _nothing() -> None:
+    pass
+
+
+@contender("semaphore-taskgroup-eager")
+def _semaphore_taskgroup_eager() -> tuple[Driver, dict[str, Any]]:
+    why = needs_python("semaphore-taskgroup-eager")
+    if why:
+        raise Unsupported(f"{why} (asyncio.eager_task_factory is new in 3.12)")
+    factory = asyncio.eager_task_factory
+    by_hand, impl = _semaphore_taskgroup()
+
+    async def drive(wl: Workload) -> None:
+        # The same pattern, with each task's first step run inside create_task.
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(factory)
+        try:
+            coro = _nothing()
+            try:
+                await loop.create_task(coro)
+            except TypeError as exc:
+                coro.close()
+                module = type(loop).__module__.split(".")[0]
+                if "eager_start" in str(exc):
+                    why = (
+                        f"{module} {_dist_version(module) or ''} passes eager_start= to task "
+                        f"factories, which Python {platform.python_version()}'s "
+                        "eager_task_factory refuses"
+                    )
+                else:
+                    why = f"{module}'s create_task cannot use eager_task_factory: {exc}"
+                raise Unsupported(why) from None
+            await by_hand(wl)
+        finally:
+            loop.set_task_factory(None)
+
+    return drive, {**impl, "task_factory": "asyncio.eager_task_factory"}
+
+
 @contender("legacy-2022.8.1")
 def _legacy_submit() -> tuple[Driver, dict[str, Any]]:
     mod = _import_legacy()
@@ -413,12 +471,34 @@ def _aiometer() -> tuple[Driver, dict[str, Any]]:
     return drive, {"module": aiometer.__file__, "version": _dist_version("aiometer")}
 
 
+@contender("aiolibs-executor")
+def _aiolibs_executor() -> tuple[Driver, dict[str, Any]]:
+    why = needs_python("aiolibs-executor")
+    if why:
+        raise Unsupported(why)
+    from aiolibs_executor import Executor
+
+    async def drive(wl: Workload) -> None:
+        job = wl.job
+        # W worker tasks pull work items from a queue and run each job in a task of its
+        # own.  max_pending=W: submit waits once W jobs are queued (the default, 0, is an
+        # unbounded queue: no back-pressure, memory O(n)).
+        async with Executor(num_workers=wl.max_workers, max_pending=wl.max_workers) as exe:
+            for _i in range(wl.n):
+                await exe.submit(job())  # the future is dropped
+
+    mod = sys.modules["aiolibs_executor"]
+    return drive, {"module": mod.__file__, "version": _dist_version("aiolibs-executor")}
+
+
 DEFAULT_CONTENDERS = (
     "floor",
     "coroexecutor-submit",
     "coroexecutor-map",
     "semaphore-taskgroup",
+    "semaphore-taskgroup-eager",
     "legacy-2022.8.1",
+    "aiolibs-executor",
     "aiojobs",
     "asyncio-pool",
     "aiometer",
@@ -549,6 +629,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         record = run_one(args)
+    except Unsupported as exc:
+        record = {
+            "contender": args.contender,
+            "workload": args.workload,
+            "loop": args.loop,
+            "n": args.n,
+            "ok": False,
+            "skipped": True,
+            "error": str(exc),
+            "python": platform.python_version(),
+        }
     except BaseException as exc:  # report every failure as a JSON line
         traceback.print_exc(file=sys.stderr)
         record = {
@@ -564,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             record["not_installed"] = True
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
-    return 0 if record.get("ok") else 1
+    return 0 if record.get("ok") or record.get("skipped") else 1
 
 
 if __name__ == "__main__":

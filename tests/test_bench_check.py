@@ -320,3 +320,206 @@ def test_verdict_ok() -> None:
     assert Verdict("asyncio", "map/floor", 1.0, None).ok
     assert Verdict("asyncio", "map/floor", 1.0, 1.0).ok
     assert not Verdict("asyncio", "map/floor", 1.01, 1.0).ok
+
+
+# --------------------------------------------------------------------------- bench.run's targets
+# make bench's report (bench/run.py) judges bench/targets.json from a run's medians; these
+# check that judgement on a made-up run.
+
+
+def fake_run(medians: dict[tuple[str, str, str], dict[str, float]]) -> dict[str, object]:
+    """A bench.run summary with these (workload, loop, contender) -> fields medians."""
+    from bench import run
+
+    workloads = sorted({w for w, _lp, _c in medians}, key=run.WORKLOADS.index)
+    rows = []
+    for (w, lp, c), fields in medians.items():
+        row: dict[str, object] = {"workload": w, "loop": lp, "contender": c, "runs": 1}
+        if fields:
+            row.update(ok_runs=1, **fields)
+        else:
+            row.update(ok_runs=0, skipped=True, error="needs Python 3.13+")
+        rows.append(row)
+    return {
+        "config": {
+            "workloads": workloads,
+            "loops": ["asyncio"],
+            "contenders": list(run.C.DEFAULT_CONTENDERS),
+            "n_per_workload": {w: run.workload_n(w, run.DEFAULT_N) for w in workloads},
+            "workers_per_workload": {w: run.workload_workers(w) for w in workloads},
+            "repeat_per_workload": dict.fromkeys(workloads, 1),
+        },
+        "machine": {"python": "3.11.7", "cpu_model": "cpu", "cpu_count": 2, "platform": "x"},
+        "medians": rows,
+        "runs": [],
+        "duration_s": 1.0,
+        "finished_at": "now",
+    }
+
+
+def test_the_committed_targets_file_is_valid() -> None:
+    from bench import run
+
+    targets = run.load_targets(run.TARGETS)
+    assert targets
+    known = set(run.C.DEFAULT_CONTENDERS) | {run.FASTEST_PEER}
+    for t in targets:
+        assert t["workload"] in run.WORKLOADS
+        assert set(t["contenders"]) <= set(run.C.OURS_CONTENDERS)
+        for key in run.COMPARISONS:
+            assert t.get(key, "floor") in known
+        assert "SPEC" not in t["text"]
+
+
+def test_load_targets_refuses_a_malformed_target(tmp_path: Path) -> None:
+    from bench import run
+
+    path = tmp_path / "targets.json"
+    good = {"text": "t", "workload": "noop", "contenders": ["coroexecutor-submit"]}
+    for bad, why in (
+        ({"targets": {}}, "no 'targets' list"),
+        ({"targets": [{**good, "metric": "speed", "at_most": 1}]}, "unknown metric"),
+        ({"targets": [{**good, "metric": "us_per_job"}]}, "exactly one of at_most"),
+        (
+            {
+                "targets": [
+                    {
+                        **good,
+                        "metric": "us_per_job",
+                        "at_most": 1,
+                        "ratio_to": "floor",
+                        "speedup_over": "floor",
+                    }
+                ]
+            },
+            "at most one of",
+        ),
+    ):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=why):
+            run.load_targets(path)
+
+
+def test_targets_are_judged_met_missed_or_not_judged() -> None:
+    from bench import run
+
+    summary = fake_run(
+        {
+            ("noop", "asyncio", "floor"): {"us_per_job": 0.1},
+            ("noop", "asyncio", "coroexecutor-submit"): {"us_per_job": 1.2, "wall_s": 0.04},
+            ("noop", "asyncio", "semaphore-taskgroup"): {"us_per_job": 6.0},
+            ("noop", "asyncio", "aiolibs-executor"): {},  # skipped: needs Python 3.13
+            ("sleep0", "asyncio", "coroexecutor-submit"): {"us_per_job": 4.0},
+            ("sleep0", "asyncio", "semaphore-taskgroup"): {"us_per_job": 5.0},
+            ("sleep0", "asyncio", "asyncio-pool"): {"us_per_job": 3.0},
+            ("parked", "asyncio", "coroexecutor-submit"): {"bytes_per_job": 1500.0},
+            ("parked", "asyncio", "semaphore-taskgroup"): {"bytes_per_job": 1500.0},
+        }
+    )
+    targets = [
+        {
+            "text": "abs",
+            "workload": "noop",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "us_per_job",
+            "at_most": 0.6,
+        },
+        {
+            "text": "speedup",
+            "workload": "noop",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "us_per_job",
+            "speedup_over": "semaphore-taskgroup",
+            "at_least": 4,
+        },
+        {
+            "text": "peer skipped",
+            "workload": "noop",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "us_per_job",
+            "speedup_over": "aiolibs-executor",
+            "at_least": 1,
+        },
+        {
+            "text": "10M",
+            "workload": "noop",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "wall_s",
+            "at_most": 6,
+            "min_n": 10_000_000,
+        },
+        {
+            "text": "fastest",
+            "workload": "sleep0",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "us_per_job",
+            "speedup_over": "fastest-peer",
+            "at_least": 1,
+        },
+        {
+            "text": "pct",
+            "workload": "sleep0",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "us_per_job",
+            "pct_throughput_of": "semaphore-taskgroup",
+            "at_least": 95,
+        },
+        {
+            "text": "bytes",
+            "workload": "parked",
+            "contenders": ["coroexecutor-submit"],
+            "metric": "bytes_per_job",
+            "ratio_to": "semaphore-taskgroup",
+            "at_most": 1,
+        },
+        {
+            "text": "other loop",
+            "workload": "noop",
+            "contenders": ["coroexecutor-submit"],
+            "loops": ["uvloop"],
+            "metric": "us_per_job",
+            "at_most": 1,
+        },
+        {
+            "text": "not run",
+            "workload": "sleep10ms-w1000",
+            "contenders": ["coroexecutor-map"],
+            "metric": "us_per_job",
+            "at_most": 1,
+        },
+    ]
+    got = {r.text: r for r in run.judge_targets(targets, summary)}
+    assert set(got) == {"abs", "speedup", "peer skipped", "10M", "fastest", "pct", "bytes"}
+    assert got["abs"].status == "missed"
+    assert got["abs"].factor == pytest.approx(2.0)
+    assert f"needs 2.00{run.X} better" in got["abs"].verdict
+    assert got["speedup"].status == "met"  # 5x as fast, 4x wanted
+    assert got["speedup"].factor == pytest.approx(0.8)
+    assert got["peer skipped"].status == "not judged"
+    assert "aiolibs-executor not measured: needs Python 3.13+" in got["peer skipped"].why
+    assert got["10M"].status == "not judged"
+    assert "make bench-10m" in got["10M"].why
+    assert got["fastest"].status == "missed"  # asyncio-pool's 3.0 beats our 4.0
+    assert "asyncio-pool" in got["fastest"].measured
+    assert got["pct"].status == "met"  # 125 % of its throughput
+    assert got["bytes"].status == "met"  # equal is within "no more than"
+
+    report = run.markdown(summary, list(got.values()))
+    lines = run.summary_lines(summary, list(got.values()))
+    assert "SPEC" not in report
+    assert any("3 met, 2 missed, of 5 judged; 2 not judged" in line for line in lines)
+    assert "aiolibs-executor: needs Python 3.13+" in report  # named under "Not measured"
+    assert "Exit status 0" in " ".join(run.exit_lines(run.RESULTS, 0, False))
+
+
+def test_workloads_of_make_bench() -> None:
+    from bench import run
+
+    assert run.split_workloads("sleep10ms") == ("sleep10ms-w1000", "sleep10ms-w10000")
+    assert run.split_workloads("parked,sleep10ms-w500") == ("parked", "sleep10ms-w500")
+    assert run.workload_workers("sleep10ms-w500") == 500
+    assert run.base_workload("sleep10ms-w500") == "sleep10ms"
+    assert run.workload_n("sleep10ms-w10000", 30_000) == 50_000  # 5 rounds at least
+    assert run.workload_n("sleep10ms-w1000", 30_000) == 20_000  # 20 rounds at most
+    with pytest.raises(SystemExit, match="unknown workload"):
+        run.split_workloads("sleep10")
