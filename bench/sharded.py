@@ -21,8 +21,9 @@ every contender; the table shows medians, and the best run of each (other load o
 shared machine only ever slows a run down).  CPU columns are the user+sys time of the
 parent and of the shard processes during the measurement.
 
-Writes ``bench/results/sharded.json`` (every run, medians, machine), ``sharded.md`` (the
-table, also printed) and ``sharded.png`` (bar charts).
+Writes ``sharded.json`` (every run, medians, machine), ``sharded.md`` (the table, also
+printed) and ``sharded.png`` (bar charts) into ``bench/results/local/`` (untracked), or
+into ``--out`` (``make bench-publish``: ``bench/results/``, committed).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from coroexecutor._sharded import ShardedExecutor
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-RESULTS = BENCH / "results"
+RESULTS = BENCH / "results" / "local"  # untracked; make bench-publish: --out bench/results
 X = "\u00d7"
 
 CPU_NS = 200_000  # 200 µs of CPU per cpu+sleep job
