@@ -133,7 +133,7 @@ def test_submit_sleep0(bench_batch: Callable[[Batch], None]) -> None:
     W=1000: the job starts inside submit, parks, and is resumed later by the loop, so
     this adds the slow path of a job: a real Task-like step after its first suspension,
     finishing off the loop, and submit waiting for a slot once 1000 are in flight.
-    Compare with ``test_floor_bare_sleep0`` (the SPEC's target is <= 1.3x).
+    Compare with ``test_floor_bare_sleep0`` (bench/targets.json: submit at most 2.5x it).
     """
 
     async def batch() -> None:
