@@ -34,8 +34,8 @@ unit: $(VENV)/.test-installed
 matrix: $(VENV)/.test-installed
 	PYTHON=$(PY) bash scripts/test-matrix.sh
 
-## make bench: ShardedExecutor against one executor (about a minute), then every contender x
-## workload x loop, each in its own process (three to four minutes), ending with a summary
+## make bench: ShardedExecutor against one executor (about 30 s), then every contender x
+## workload x loop, each in its own process (about 2.5 minutes), ending with a summary
 ## of the targets in bench/targets.json met and missed.  A report: exit 0 even when targets
 ## are missed.  Writes bench/results/local/ (untracked).  N=10000000 pushes ten million
 ## jobs; BENCH_ARGS passes more flags to bench.run.

@@ -762,7 +762,7 @@ def exit_lines(out: Path, status: int, fail_on_missed: bool) -> list[str]:
     except ValueError:
         shown = where
     if where == RESULTS.resolve():
-        place = f"{shown}/ (untracked; `make bench-publish` writes bench/results/ to commit)"
+        place = f"{shown}/ (untracked; `make bench-publish` writes them to bench/results/)"
     elif where == PUBLISHED.resolve():
         place = f"{shown}/ (committed: the figures the README quotes)"
     else:
@@ -776,7 +776,7 @@ def exit_lines(out: Path, status: int, fail_on_missed: bool) -> list[str]:
             "`make bench-check`, which CI runs"
         )
     return [
-        f"Results: {place} latest.md, latest.json, latest.png.",
+        f"Results: latest.md, latest.json and latest.png in {place}.",
         f"Exit status {status}: {rule}. A failed run of ours always exits 1.",
     ]
 
