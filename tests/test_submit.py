@@ -417,3 +417,43 @@ def test_executor_dropped_without_shutdown_leaves_no_destroyed_task(loop_kind: s
         coroexecutor.run(main(), uvloop=loop_kind == "uvloop")
     gc.collect()
     assert errors == []
+
+
+@pytest.mark.parametrize("how", ["submit", "submit_nowait", "map"])
+def test_used_from_a_second_event_loop_is_refused_on_the_fast_path(run, how: str) -> None:
+    """An executor bound to one loop, used from another while it has free workers (its
+    fast path): a clear RuntimeError at the call, the job never started, its count given
+    back, and the executor still whole on its own loop."""
+    ran: list[int] = []
+
+    async def job(i: int) -> int:
+        ran.append(i)
+        await asyncio.sleep(0)
+        return i
+
+    async def first_loop() -> CoroutineExecutor:
+        exe = CoroutineExecutor(max_workers=4)
+        assert await (await exe.submit(job, 1)) == 1  # binds it to this loop
+        return exe
+
+    async def second_loop(exe: CoroutineExecutor) -> None:
+        with pytest.raises(RuntimeError, match="bound to another event loop"):
+            if how == "submit":
+                await exe.submit(job, 2)
+            elif how == "submit_nowait":
+                exe.submit_nowait(job, 2)
+            else:
+                async for _ in exe.map(job, [2]):
+                    pass
+
+    async def main() -> None:
+        exe = await first_loop()
+        # A second loop in a thread of its own: the first stays usable afterwards.
+        await asyncio.to_thread(asyncio.run, second_loop(exe))
+        assert ran == [1]
+        st = exe.stats()
+        assert (st.submitted, st.completed, st.running) == (1, 1, 0), st
+        assert await (await exe.submit(job, 3)) == 3
+        await exe.shutdown()
+
+    run(main())

@@ -28,15 +28,15 @@ reference to a finished job.
 from __future__ import annotations
 
 import asyncio
+import collections.abc as _collections_abc
 import contextvars
 import enum
 import inspect
-import itertools
 import math
 import sys
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, ParamSpec, TypeVar
 
 __all__ = ("_Engine", "_State")
@@ -50,6 +50,8 @@ _CancelledError: Final = asyncio.CancelledError
 _BASE_ERRORS: Final = (KeyboardInterrupt, SystemExit)
 
 _Future: Final = asyncio.Future
+_get_running_loop: Final = asyncio.events._get_running_loop  # the C function, no error check
+_Task: Final = asyncio.Task
 _IGNORE_CALLBACK: Final = "".format  # a C callable that takes any arguments and does nothing
 
 # During a job's first step (inside submit) the current task must be the worker's, as
@@ -86,34 +88,56 @@ class _State(enum.Enum):
     CLOSED = "closed"  # every job and every worker has ended
 
 
-# What a slot is doing.  Plain ints: they are compared on the hot path.
-_IDLE: Final = 0  # parked on the free list (or about to park)
-_EAGER: Final = 1  # its job is being stepped inside submit()
-_WAIT: Final = 2  # the job waits on ``slot.first``; our wake-up is attached to it
-_RESUME: Final = 3  # the worker is to resume the job with send(None)
-_YIELD: Final = 4  # the worker is to hand ``slot.first`` to its task first
-_RUN: Final = 5  # the worker is driving the job
-_STOP: Final = 6  # the worker is to end
+# What a runner is doing.  Plain ints: they are compared on the hot path.
+#
+#   state    meaning                                           next
+#   -------  ------------------------------------------------  ---------------------------
+#   _IDLE    on the free list: no job; parked on itself, or    _EAGER (submit steps a job
+#            its task has not taken its first step yet          on it), _STOP
+#   _EAGER   a job is being stepped inside submit(), with the  _IDLE (it ended there),
+#            runner's task made the current task               _RESUME/_YIELD/_WAIT (it
+#                                                              suspended), _STOP
+#   _WAIT    parked; the job waits on ``first``, and the       _RUN (first is done)
+#            task's wake-up is attached to it
+#   _RESUME  the task's next step resumes the job (send None)  _RUN
+#   _YIELD   the task's next step hands ``first`` to the task  _RUN
+#   _RUN     the task drives the job, step by step             _IDLE (the job ended: back
+#                                                              on the free list), _STOP
+#   _STOP    the task is to end at its next step               (the task ends)
+#
+# A job is in flight from its suspension (_RESUME/_YIELD/_WAIT) until it ends in _RUN.
+_GO: Final = object()  # _Runner._step(): step the job now
+
+_IDLE: Final = 0
+_EAGER: Final = 1
+_WAIT: Final = 2
+_RESUME: Final = 3
+_YIELD: Final = 4
+_RUN: Final = 5
+_STOP: Final = 6
 
 
-class _Slot:
-    """A reusable worker: one task that runs one job at a time.
+class _Runner:
+    """A reusable worker: the coroutine of one long-lived task, which runs one job at a time.
 
-    It poses as a future so that its parked task hands it the wake-up callback.
+    To its task this object is a coroutine (``send``, ``throw``) that steps the job's
+    own coroutine: no generator frame of ours sits between the task and the job.
+    While it waits for a job it is also the future the task waits on
+    (``_asyncio_future_blocking``, ``add_done_callback``, ``cancel``), so that the task
+    hands it its wake-up callback.  That wake-up is then attached straight to the future
+    a new job waits on, so the job resumes exactly when a task of its own would have:
+    the hand-off costs no loop step.
     """
 
     __slots__ = (
         "_asyncio_future_blocking",
-        "add_done_callback",
         "cancel_requested",
         "coro",
         "counted",
         "ctx",
         "engine",
         "first",
-        "get_loop",
         "handle",
-        "loop",
         "on_handle_done",
         "parked",
         "release_on_exit",
@@ -121,16 +145,13 @@ class _Slot:
         "state",
         "task",
         "wakeup",
-        "wctx",
     )
 
     def __init__(self, engine: _Engine, ctx: contextvars.Context) -> None:
         self.engine = engine
-        self.loop = engine._loop
         self.ctx = ctx
         self.task: asyncio.Task[None] | None = None
         self.wakeup: Any = None
-        self.wctx: contextvars.Context | None = None
         self.parked = False
         self._asyncio_future_blocking = False
         self.coro: Coroutine[Any, Any, Any] | None = None
@@ -138,25 +159,119 @@ class _Slot:
         self.first: Any = None
         self.state = _IDLE
         self.report = True
-        self.counted = True
+        self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
         self.cancel_requested = False
         self.release_on_exit = False
-        self.on_handle_done = self._on_handle_done
-        # The future protocol, as much of it as a Task uses on what it awaits.  Our
-        # task calls get_loop() and add_done_callback() each time it parks on us:
-        # both are C callables here, to keep the worker's hot path out of Python.
-        self.get_loop: Callable[[], asyncio.AbstractEventLoop] = itertools.repeat(
-            self.loop
-        ).__next__
-        self.add_done_callback: Callable[..., object] = self._capture_wakeup
+        self.on_handle_done = self._on_handle_done  # made once, added to each job's handle
 
-    def _capture_wakeup(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
-        # The first time our task parks on us, keep its wake-up callback (bound to the
-        # task, valid for its whole life) and the task's context.  Later parks need
-        # nothing: a C no-op that takes any arguments stands in.
+    # ---------------------------------------------------------------- as a coroutine
+    def send(self, value: Any = None) -> Any:
+        if self.state != _RUN:
+            out = self._step(None)
+            if out is not _GO:
+                return out
+        try:
+            return _send(self.coro, value)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            self.engine._job_returned(self, stop.value)
+        except BaseException as exc:
+            self._raised(exc)
+        return self._after_job()
+
+    __next__ = send  # 3.12+ tasks step an iterator through tp_iternext
+
+    def throw(self, exc: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is not None:  # the legacy three-argument form
+            exc = val
+        elif isinstance(exc, type):
+            exc = exc()
+        if self.state != _RUN:
+            out = self._step(exc)
+            if out is not _GO:
+                return out
+        try:
+            return self.coro.throw(exc)  # type: ignore[union-attr]
+        except StopIteration as stop:
+            self.engine._job_returned(self, stop.value)
+        except BaseException as err:
+            self._raised(err)
+        return self._after_job()
+
+    def _raised(self, exc: BaseException) -> None:
+        try:
+            self.engine._job_raised(self, exc)
+        except BaseException:
+            # KeyboardInterrupt or SystemExit: it goes on up through our task, which ends.
+            self.state = _STOP
+            self.engine._runner_exited(self)
+            raise
+
+    def _after_job(self) -> Any:
+        """The job ended: wait for the next one, or end the task."""
+        state = self.state
+        if state == _IDLE:
+            self._asyncio_future_blocking = True
+            self.parked = True
+            return self
+        if state == _STOP:
+            self.engine._runner_exited(self)
+            raise StopIteration
+        # A job was started on us while the last one ended (by an on_error hook):
+        # take it from where its first step left it.
+        if state == _RESUME:
+            return None  # a bare yield: the task steps us again on the next turn
+        return self._step(None)
+
+    def close(self) -> None:
+        """The task is destroyed unfinished (a loop torn down without cancelling)."""
+        coro = self.coro
+        if coro is not None and self.state == _RUN:
+            coro.close()
+            self.engine._job_raised(self, _CancelledError("worker destroyed"))
+        self.engine._runner_exited(self)
+
+    def __await__(self) -> Any:  # pragma: no cover - a task drives us; nobody awaits us
+        return self
+
+    def _step(self, exc: BaseException | None) -> Any:
+        """A step of the task in any state but _RUN: what to yield to the task, or
+        _GO to go on into the job (send None, or throw ``exc``)."""
+        state = self.state
+        if state == _IDLE and exc is None:
+            # On the free list: wait for a job, parked on ourselves.
+            self._asyncio_future_blocking = True
+            self.parked = True
+            return self
+        if state in (_IDLE, _STOP):
+            self.state = _STOP
+            self.parked = False
+            self.engine._runner_exited(self)
+            if exc is not None:
+                raise exc
+            raise StopIteration
+        assert state in (_WAIT, _RESUME, _YIELD), state
+        self.parked = False
+        first = self.first
+        self.first = None
+        self.state = _RUN
+        if state == _YIELD:
+            if exc is None:
+                # The job's first step yielded ``first``: give it to the task now.
+                if asyncio.isfuture(first):
+                    first._asyncio_future_blocking = True  # as Future.__await__ does
+                return first
+            if asyncio.isfuture(first):
+                first.cancel()  # the task is cancelled before it waited on it
+        return _GO
+
+    # ---------------------------------------------------------------- as a future
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.engine._loop
+
+    def add_done_callback(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
+        # Our task parks on us: keep its wake-up callback (bound to the task, called
+        # in the task's own context, which is self.ctx).
         self.wakeup = fn
-        self.wctx = context
-        self.add_done_callback = _IGNORE_CALLBACK
 
     def remove_done_callback(self, fn: Any) -> int:  # pragma: no cover - asyncio never calls it
         return 0
@@ -182,16 +297,16 @@ class _Slot:
             self.cancel_requested = True
             return False
         if state == _IDLE:
-            # Cancelled with no job (the loop is shutting down): end this worker.
+            # Cancelled with no job (the loop is shutting down): end this runner.
             try:
                 self.engine._free.remove(self)
             except ValueError:
                 pass
             self.state = _STOP
             self.parked = False
-            fut = self.loop.create_future()
+            fut = self.engine._loop.create_future()
             fut.cancel(msg)
-            self.loop.call_soon(self.wakeup, fut, context=self.wctx)
+            self.engine._loop.call_soon(self.wakeup, fut, context=self.ctx)
             return True
         # A resumption is already scheduled: the task delivers the cancellation then.
         return False
@@ -201,94 +316,16 @@ class _Slot:
         if handle is self.handle and self.task is not None:
             self.task.cancel()
 
+    @property
+    def __name__(self) -> str:
+        # What the task's repr shows as its coroutine.
+        return "coroexecutor.worker"
+
     def __repr__(self) -> str:
-        return f"<coroexecutor worker slot state={self.state}>"
+        return f"<coroexecutor runner state={self.state} job={self.coro!r}>"
 
 
-@types.coroutine
-def _drive(
-    coro: Coroutine[Any, Any, Any], pending: Any, exc: BaseException | None
-) -> Generator[Any, Any, Any]:
-    """Go on driving ``coro`` from a state that ``yield from`` cannot start from.
-
-    Either an exception is to be thrown into it (``exc``), or it has already yielded
-    ``pending``, which must go to the task before the coroutine is resumed.
-    """
-    while True:
-        if exc is not None:
-            try:
-                pending = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            exc = None
-        try:
-            yield pending
-        except BaseException as thrown:
-            exc = thrown
-        else:
-            return (yield from coro)
-
-
-async def _worker(slot: _Slot) -> None:
-    # A native coroutine for the task (3.12+ tasks take nothing else), delegating to
-    # the generator below, which can ``yield from`` the jobs.
-    await _work(slot)
-
-
-@types.coroutine
-def _work(slot: _Slot) -> Generator[Any, Any, None]:
-    """The body of a worker task: run the jobs handed to ``slot`` until told to stop."""
-    engine = slot.engine
-    exc: BaseException | None = None
-    try:
-        try:
-            yield  # primed by _Engine._new_slot: a cancellation before our first step lands below
-        except BaseException as thrown:
-            exc = thrown
-        while True:
-            if slot.coro is None:
-                if exc is None and slot.state != _STOP:
-                    slot._asyncio_future_blocking = True
-                    slot.parked = True  # our task registers with the slot as we yield it
-                    try:
-                        yield slot  # park until a job arrives
-                    except BaseException as thrown:
-                        exc = thrown
-                    slot.parked = False
-                if slot.coro is None:
-                    if exc is not None:
-                        raise exc
-                    return
-            coro: Any = slot.coro
-            state = slot.state
-            slot.state = _RUN
-            try:
-                if exc is not None:
-                    if state == _YIELD and asyncio.isfuture(slot.first):
-                        slot.first.cancel()
-                    result = yield from _drive(coro, None, exc)
-                elif state == _YIELD:
-                    first = slot.first
-                    if asyncio.isfuture(first):
-                        first._asyncio_future_blocking = True  # as Future.__await__ does
-                    result = yield from _drive(coro, first, None)
-                else:
-                    result = yield from coro
-            except GeneratorExit:
-                # Our task is being destroyed with the job unfinished (it can only
-                # happen when the loop is torn down without cancelling its tasks).
-                engine._job_raised(slot, _CancelledError("worker destroyed"))
-                raise
-            except BaseException as err:
-                exc = None
-                engine._job_raised(slot, err)
-            else:
-                exc = None
-                engine._job_returned(slot, result)
-                result = None  # hold nothing of a finished job while parked
-            coro = None
-    finally:
-        engine._worker_exited(slot)
+_collections_abc.Coroutine.register(_Runner)
 
 
 async def _await_awaitable(aw: Awaitable[Any]) -> Any:
@@ -387,7 +424,7 @@ class _Engine:
         # to its slow path with one comparison on the fast one.
         self._cap = 0
         self._running = 0  # jobs holding a count (the ones max_workers limits)
-        self._active = 0  # jobs that suspended and are not finished (in worker slots)
+        self._active = 0  # jobs that suspended and have not ended (each on a runner)
         # First in, first out: blocked submitters (a future each) and queued jobs of
         # submit_nowait(), in the order they arrived.
         self._waiters: deque[asyncio.Future[Any] | _Queued] = deque()
@@ -397,8 +434,8 @@ class _Engine:
         self._interval: float | None = None  # 1 / max_per_second
         self._last_start = -math.inf  # loop time of the last start (rate limit)
         self._job_factory: Callable[..., Coroutine[Any, Any, Any]] | None = None
-        self._free: list[_Slot] = []
-        self._slots: dict[asyncio.Task[None], _Slot] = {}
+        self._free: list[_Runner] = []  # idle runners, the last parked first to go
+        self._tasks: dict[asyncio.Task[Any], _Runner] = {}  # every runner whose task lives
         self._copy_context = copy_context
         self._plain_futures = False
         self._context: contextvars.Context | None = None
@@ -468,7 +505,7 @@ class _Engine:
             # Full.  A job submitting to its own executor lends its count to the new
             # job (which starts now) and waits for a count to resume: W producers can
             # never starve their own children.
-            parent = self._slots.get(asyncio.current_task())  # type: ignore[arg-type]
+            parent = self._tasks.get(asyncio.current_task())  # type: ignore[arg-type]
             if parent is not None and parent.counted and parent.state != _IDLE:
                 parent.counted = False
                 if self._interval is not None:
@@ -636,10 +673,15 @@ class _Engine:
     ) -> asyncio.Future[Any]:
         """Start one job; the caller holds a count for it.
 
-        This is the hot path: a job that ends in its first step costs one future,
-        its coroutine, and what is below, with no call into the event loop.
+        This is the hot path: a job that ends in its first step costs one future and
+        its coroutine, with no call into the event loop.
         """
         loop = self._loop
+        if _get_running_loop() is not loop:
+            # Used from another event loop (a second asyncio.run(), another thread):
+            # refused before anything of the job exists, on the fast path as on the slow.
+            self._release()
+            raise RuntimeError(f"{self!r} is bound to another event loop")
         if handle is None:
             handle = _Future(loop=loop) if self._plain_futures else loop.create_future()
         try:
@@ -658,19 +700,19 @@ class _Engine:
             self._settle_raised(handle, exc, report)
             return handle
         free = self._free
-        slot = free.pop() if free else self._new_slot()
-        slot.state = _EAGER
+        runner = free.pop() if free else self._new_runner()
+        runner.state = _EAGER
         ct = _current_tasks
         if ct is not None:
             prev = ct.get(loop)
-            ct[loop] = slot.task
+            ct[loop] = runner.task
         else:
-            prev = _swap_current_task(loop, slot.task)
+            prev = _swap_current_task(loop, runner.task)
         # The current task is put back in each branch below, not once after the try:
         # keeping the caught exception past its except block (to branch on it later)
         # makes a frame <-> traceback cycle per job for the garbage collector, +30 %.
         try:
-            first = slot.ctx.run(_send, coro, None)
+            first = runner.ctx.run(_send, coro, None)
         except StopIteration as stop:
             if ct is not None:
                 if prev is None:
@@ -679,27 +721,27 @@ class _Engine:
                     ct[loop] = prev
             else:
                 _swap_current_task(loop, prev)
-            slot.state = _IDLE
+            runner.state = _IDLE
             handle.set_result(stop.value)
             self._completed += 1
-            # A parked worker's task reports a cancellation through slot.cancel(); one
-            # that has not run yet only records it (Task._must_cancel, in the C and the
+            # A parked task reports a cancellation through runner.cancel(); one that
+            # has not run yet only records it (Task._must_cancel, in the C and the
             # Python Task alike), which would hit the next job it runs.
-            if slot.cancel_requested or (
-                not slot.parked and (slot.task._must_cancel or self._copy_context)  # type: ignore[union-attr]
+            if runner.cancel_requested or (
+                not runner.parked and (runner.task._must_cancel or self._copy_context)  # type: ignore[union-attr]
             ):
-                self._after_eager(slot)
+                self._after_eager(runner)
             else:
                 if self._waiters:
                     self._release()
                 else:
                     self._running -= 1
-                free.append(slot)
+                free.append(runner)
             return handle
         except BaseException as exc:
             _swap_current_task(loop, prev)
-            slot.state = _IDLE
-            self._after_eager(slot)
+            runner.state = _IDLE
+            self._after_eager(runner)
             self._settle_raised(handle, exc, report)
             return handle
         if ct is not None:
@@ -709,163 +751,172 @@ class _Engine:
                 ct[loop] = prev
         else:
             _swap_current_task(loop, prev)
-        # The job suspended: the slot's worker takes it from here.
+        # The job suspended: the runner's task takes it from here.
         self._active += 1
-        slot.coro = coro
-        slot.handle = handle
-        slot.report = report
-        handle.add_done_callback(slot.on_handle_done)
-        if not slot.parked:
-            # The task has not taken its first step yet; that step resumes the job.
+        runner.coro = coro
+        runner.handle = handle
+        runner.report = report
+        handle.add_done_callback(runner.on_handle_done)
+        if not runner.parked:
+            # The task has not taken its first step yet (or is ending the job before
+            # this one); its next step resumes the job.
             if getattr(first, "_asyncio_future_blocking", None):
                 # The step hands it to the task with the flag set again; until then
                 # it is down, so another job may await the same future meanwhile.
                 first._asyncio_future_blocking = False
-            slot.first = first
-            slot.state = _RESUME if first is None else _YIELD
+            runner.first = first
+            runner.state = _RESUME if first is None else _YIELD
         elif first is None:  # a bare yield (asyncio.sleep(0)): resume on the next turn
-            slot.state = _RESUME
-            loop.call_soon(slot.wakeup, self._done_fut, context=slot.wctx)
+            runner.state = _RESUME
+            loop.call_soon(runner.wakeup, self._done_fut, context=runner.ctx)
         elif getattr(first, "_asyncio_future_blocking", None) and first.get_loop() is loop:
-            # It waits on a future: wake the worker when that future is done, exactly
+            # It waits on a future: wake the task when that future is done, exactly
             # when a task of its own would have woken.
             first._asyncio_future_blocking = False
-            slot.first = first
-            slot.state = _WAIT
-            first.add_done_callback(slot.wakeup, context=slot.wctx)
+            runner.first = first
+            runner.state = _WAIT
+            first.add_done_callback(runner.wakeup, context=runner.ctx)
         else:  # anything else: let the task deal with it (and raise what it raises)
-            slot.first = first
-            slot.state = _YIELD
-            loop.call_soon(slot.wakeup, self._done_fut, context=slot.wctx)
-        if slot.cancel_requested:
+            runner.first = first
+            runner.state = _YIELD
+            loop.call_soon(runner.wakeup, self._done_fut, context=runner.ctx)
+        if runner.cancel_requested:
             # The job cancelled its own task in its first step: the task holds that
             # cancellation (counted once) for its next step.  Make that step come now,
             # as a task does with the future it is cancelled on.
-            slot.cancel_requested = False
-            if slot.state == _WAIT:
+            runner.cancel_requested = False
+            if runner.state == _WAIT:
                 first.cancel()
         return handle
 
-    def _after_eager(self, slot: _Slot) -> None:
-        """A job ended in its first step: release its count and recycle or end the slot."""
-        assert slot.task is not None
-        if slot.cancel_requested or slot.task.cancelling() or slot.task._must_cancel:  # type: ignore[attr-defined]
+    def _after_eager(self, runner: _Runner) -> None:
+        """A job ended in its first step: release its count; recycle or retire the runner."""
+        task = runner.task
+        assert task is not None
+        if runner.cancel_requested or task.cancelling() or task._must_cancel:  # type: ignore[attr-defined]
             # A cancelled task carries its cancellation into whatever it runs next.
-            slot.cancel_requested = False
+            runner.cancel_requested = False
             self._release()
-            self._stop_slot(slot)
+            self._retire(runner)
         elif self._copy_context:
             # One job per task here, and this task has yet to take its (last) step:
             # the count goes back when it has, so at most max_workers such tasks exist.
-            slot.release_on_exit = True
-            self._stop_slot(slot)
+            runner.release_on_exit = True
+            self._retire(runner)
         elif self._state is _State.OPEN:
             self._release()
-            self._free.append(slot)
+            self._free.append(runner)
         else:
             self._release()
-            self._stop_slot(slot)
+            self._retire(runner)
 
-    def _new_slot(self) -> _Slot:
+    def _new_runner(self) -> _Runner:
+        """A runner and its task, which parks until it gets a job (or takes the job
+        already stepped on it at its first step)."""
         if self._copy_context:
             ctx = contextvars.copy_context()
         else:
             assert self._context is not None
             ctx = self._context.copy()
-        slot = _Slot(self, ctx)
-        coro = _worker(slot)
-        coro.send(None)  # prime it, so even a cancellation before its first step is caught
-        task = self._loop.create_task(coro, context=ctx)
-        slot.task = task
-        if not self._slots:
+        runner = _Runner(self, ctx)
+        loop = self._loop
+        if self._plain_futures and loop.get_task_factory() is None:
+            # What create_task() does then, minus a Python-level call on asyncio's loop.
+            task: asyncio.Task[None] = _Task(runner, loop=loop, context=ctx)
+        else:
+            task = loop.create_task(runner, context=ctx)
+        runner.task = task
+        if not self._tasks:
             _LIVE.add(self)
-        self._slots[task] = slot
+        self._tasks[task] = runner
         task.add_done_callback(_retrieve)
-        return slot
+        return runner
 
-    def _stop_slot(self, slot: _Slot) -> None:
-        slot.state = _STOP
-        if slot.parked:
-            slot.parked = False
-            self._loop.call_soon(slot.wakeup, self._done_fut, context=slot.wctx)
+    def _retire(self, runner: _Runner) -> None:
+        """A runner with no job is to end (its task ends at its next step)."""
+        runner.state = _STOP
+        if runner.parked:
+            runner.parked = False
+            self._loop.call_soon(runner.wakeup, self._done_fut, context=runner.ctx)
 
-    def _worker_exited(self, slot: _Slot) -> None:
-        if slot.release_on_exit:
-            slot.release_on_exit = False
+    def _runner_exited(self, runner: _Runner) -> None:
+        """A runner's task is ending (retired, cancelled while idle, or on
+        KeyboardInterrupt/SystemExit)."""
+        if runner.release_on_exit:
+            runner.release_on_exit = False
             self._release()
-        if slot.task is not None:
-            self._slots.pop(slot.task, None)
-        if not self._slots:
-            _LIVE.discard(self)
+        task = runner.task
+        runner.task = None
+        runner.wakeup = None  # a bound method of the task: a reference cycle otherwise
+        if task is not None:
+            self._tasks.pop(task, None)
         try:
-            self._free.remove(slot)  # only if it died while parked (rare)
+            self._free.remove(runner)  # only if it died while idle (rare)
         except ValueError:
             pass
-        if not self._slots and self._workers_gone is not None and not self._workers_gone.done():
-            self._workers_gone.set_result(None)
+        if not self._tasks:
+            _LIVE.discard(self)
+            gone = self._workers_gone
+            if gone is not None and not gone.done():
+                gone.set_result(None)
 
     # ------------------------------------------------------------------ job end
-    def _job_returned(self, slot: _Slot, result: Any) -> None:
-        """A job ended in its worker with a result (the worker's hot path, inlined)."""
-        handle = slot.handle
+    def _job_returned(self, runner: _Runner, result: Any) -> None:
+        """A job ended in its task with a result (the hot path of a suspended job)."""
+        handle = runner.handle
         assert handle is not None
-        slot.handle = None
-        slot.coro = None
-        slot.first = None
+        runner.handle = None
+        runner.coro = None
         if handle.done():  # its handle was cancelled while the job ran
             self._active -= 1
             self._cancelled += 1
-            self._end_slot(slot)
-            self._job_cancelled_by_handle(slot.report)
+            self._end_runner(runner)
+            self._job_cancelled_by_handle(runner.report)
             return
-        handle.remove_done_callback(slot.on_handle_done)
+        handle.remove_done_callback(runner.on_handle_done)
         handle.set_result(result)
         self._completed += 1
         self._active -= 1
-        if slot.counted:
+        if runner.counted:
             if self._waiters:
                 self._release()
             else:
                 self._running -= 1
         else:
-            slot.counted = True
-        task = slot.task
-        if self._state is _State.OPEN and not task.cancelling() and not self._copy_context:  # type: ignore[union-attr]
-            slot.state = _IDLE
-            self._free.append(slot)
+            runner.counted = True
+        if self._state is _State.OPEN and not self._copy_context and not runner.task.cancelling():  # type: ignore[union-attr]
+            runner.state = _IDLE
+            self._free.append(runner)
             if self._active == 0 and self._drained is not None:
                 self._check_drained()
         else:
-            slot.counted = False  # released above
-            self._end_slot(slot)
+            runner.counted = False  # released above
+            self._end_runner(runner)
 
-    def _job_raised(self, slot: _Slot, exc: BaseException) -> None:
-        handle = slot.handle
+    def _job_raised(self, runner: _Runner, exc: BaseException) -> None:
+        handle = runner.handle
         assert handle is not None
-        slot.handle = None
-        slot.coro = None
-        slot.first = None
+        runner.handle = None
+        runner.coro = None
         self._active -= 1
-        handle.remove_done_callback(slot.on_handle_done)
-        report = slot.report
-        self._end_slot(slot)
+        handle.remove_done_callback(runner.on_handle_done)
+        report = runner.report
+        self._end_runner(runner)
         self._settle_raised(handle, exc, report)
 
-    def _end_slot(self, slot: _Slot) -> None:
-        """The job on ``slot`` ended: release its count and park, retire or stop the slot."""
-        if slot.counted:
+    def _end_runner(self, runner: _Runner) -> None:
+        """The job on ``runner`` ended: release its count and recycle or retire it."""
+        if runner.counted:
             self._release()
-        slot.counted = True
-        assert slot.task is not None
-        if slot.task.cancelling() or self._copy_context:
+        runner.counted = True
+        assert runner.task is not None
+        if runner.task.cancelling() or self._copy_context or self._state is not _State.OPEN:
             # A cancelled task carries its cancellation (count, pending throw) into
             # whatever it runs next, and a copied context serves one job: retire it.
-            slot.state = _STOP
-        elif self._state is _State.OPEN:
-            slot.state = _IDLE
-            self._free.append(slot)
+            runner.state = _STOP
         else:
-            slot.state = _STOP
+            runner.state = _IDLE
+            self._free.append(runner)
         self._check_drained()
 
     def _check_drained(self) -> None:
@@ -906,16 +957,16 @@ class _Engine:
                 waiter.handle.cancel()  # counted by its callback; skipped by _admit()
         for job in self._ready:
             job.handle.cancel()  # _start_ready() releases its count
-        for slot in list(self._slots.values()):
-            if slot.state in (_IDLE, _STOP) or slot.task is None:
+        for runner in list(self._tasks.values()):
+            if runner.state in (_IDLE, _STOP) or runner.task is None:
                 continue
-            handle = slot.handle
+            handle = runner.handle
             if handle is not None:
                 # The handle says "cancelled" at once, as Future.cancel() does; the
-                # job itself unwinds in its worker, and exit/shutdown wait for that.
-                handle.remove_done_callback(slot.on_handle_done)
+                # job itself unwinds in its task, and exit/shutdown wait for that.
+                handle.remove_done_callback(runner.on_handle_done)
                 handle.cancel()
-            slot.task.cancel()
+            runner.task.cancel()
 
     def _close_gate(self) -> None:
         """No new jobs: blocked submitters are woken to raise RuntimeError."""
@@ -930,11 +981,8 @@ class _Engine:
         self._waiters = deque(queued)
 
     def _stop_idle_workers(self) -> None:
-        for slot in self._free:
-            slot.state = _STOP
-            if slot.parked:
-                slot.parked = False
-                self._loop.call_soon(slot.wakeup, self._done_fut, context=slot.wctx)
+        for runner in self._free:
+            self._retire(runner)
         self._free.clear()
 
     # ------------------------------------------------------------------ hooks

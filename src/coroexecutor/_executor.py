@@ -301,7 +301,7 @@ class CoroutineExecutor(_Engine, _Outcome):
         """
         propagate: BaseException | None = None
         loop = self._loop
-        while self._active or self._pending or self._slots:
+        while self._active or self._pending or self._tasks:
             if not self._active and not self._pending:
                 self._close()
                 self._stop_idle_workers()
