@@ -625,32 +625,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _not_run(args: argparse.Namespace, error: str, **extra: Any) -> dict[str, Any]:
+    """The JSON record of a run that did not happen (skipped or failed)."""
+    return {
+        "contender": args.contender,
+        "workload": args.workload,
+        "loop": args.loop,
+        "n": args.n,
+        "ok": False,
+        **extra,
+        "error": error,
+        "python": platform.python_version(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         record = run_one(args)
     except Unsupported as exc:
-        record = {
-            "contender": args.contender,
-            "workload": args.workload,
-            "loop": args.loop,
-            "n": args.n,
-            "ok": False,
-            "skipped": True,
-            "error": str(exc),
-            "python": platform.python_version(),
-        }
+        record = _not_run(args, str(exc), skipped=True)
     except BaseException as exc:  # report every failure as a JSON line
         traceback.print_exc(file=sys.stderr)
-        record = {
-            "contender": args.contender,
-            "workload": args.workload,
-            "loop": args.loop,
-            "n": args.n,
-            "ok": False,
-            "error": f"{type(exc).__name__}: {exc}",
-            "python": platform.python_version(),
-        }
+        record = _not_run(args, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, ImportError):
             record["not_installed"] = True
     sys.stdout.write(json.dumps(record) + "\n")

@@ -1,28 +1,28 @@
-"""The engine: worker slots on a free list, the back-pressure gate, the job lifecycle.
+"""The engine: worker runners on a free list, the back-pressure gate, the job lifecycle.
 
 How a job runs
 --------------
 ``submit`` takes a count on the gate (a plain integer compared with the limit; a
 blocked submitter waits on a future of its own in a FIFO deque), then *starts the job
-eagerly*: the job's coroutine is stepped once, right inside ``submit``, with the worker
-slot's task made the current task and the slot's context entered, exactly as
+eagerly*: the job's coroutine is stepped once, right inside ``submit``, with a worker
+runner's task made the current task and its context entered, exactly as
 ``asyncio.eager_task_factory`` does for a new task.  A job that finishes in that first
 step (a no-op, a cache hit) never touches the event loop: no task, no callback, no
-wake-up.  That is what makes a no-op job cost well under a microsecond.
+wake-up.
 
-A job that suspends is handed to an idle worker slot.  A slot is a long-lived task
-running :func:`_work`, parked on the slot object itself: the slot poses as a future
-(``_asyncio_future_blocking``, ``add_done_callback``, ``cancel``) so the parked task
-gives us its wake-up callback.  When the job's first step waited on a future, that
-wake-up callback is attached straight to the job's future, so the job resumes in the
-worker exactly when a task of its own would have: the hand-off costs no loop
-round-trip.  The worker then drives the job with ``yield from``, i.e. at C speed, as
-a task drives any coroutine.
+A job that suspends stays with that runner.  A runner (:class:`_Runner`) is the
+coroutine of one long-lived task: its ``send``/``throw`` step the job's own coroutine,
+so no frame of ours sits between the task and the job.  While idle it is parked on
+itself: it poses as a future (``_asyncio_future_blocking``, ``add_done_callback``,
+``cancel``) so that its task hands it the task's wake-up callback.  When a job's first
+step waited on a future, that wake-up is attached straight to the job's future, so the
+job resumes exactly when a task of its own would have: the hand-off costs no loop step.
 
-Slots are reused job after job (the free list) and are never more than
-``max_workers`` plus the producers that lent their slot (see ``_submit_slow``), so
+Runners are reused job after job (the free list) and are never more than
+``max_workers`` plus the producers that lent their count (see ``_submit_slow``), so
 memory is O(max_workers) however many jobs pass through.  The engine keeps no
-reference to a finished job.
+reference to a finished job.  ``bench/README.md`` weighs this against a task per
+suspended job, with numbers.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ class _Queued:
 
 
 class _Engine:
-    """Worker slots, free list, back-pressure gate and job lifecycle.
+    """Worker runners, free list, back-pressure gate and job lifecycle.
 
     ``CoroutineExecutor`` builds its context manager, shutdown, fail-fast and timeout on
     the hooks at the end of this class.
