@@ -37,7 +37,7 @@ import sys
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
 __all__ = ("_Engine", "_State")
 
@@ -677,11 +677,6 @@ class _Engine:
         its coroutine, with no call into the event loop.
         """
         loop = self._loop
-        if _get_running_loop() is not loop:
-            # Used from another event loop (a second asyncio.run(), another thread):
-            # refused before anything of the job exists, on the fast path as on the slow.
-            self._release()
-            raise RuntimeError(f"{self!r} is bound to another event loop")
         if handle is None:
             handle = _Future(loop=loop) if self._plain_futures else loop.create_future()
         try:
@@ -700,7 +695,12 @@ class _Engine:
             self._settle_raised(handle, exc, report)
             return handle
         free = self._free
-        runner = free.pop() if free else self._new_runner()
+        if free:
+            runner = free.pop()
+        elif _get_running_loop() is loop:
+            runner = self._new_runner()
+        else:
+            self._refuse_other_loop(None, coro)
         runner.state = _EAGER
         ct = _current_tasks
         if ct is not None:
@@ -708,6 +708,11 @@ class _Engine:
             ct[loop] = runner.task
         else:
             prev = _swap_current_task(loop, runner.task)
+        if prev is None and _get_running_loop() is not loop:
+            # No task of our loop is running: called from a plain callback, or from
+            # another event loop.  Only then is the running loop looked up (on 3.11 that
+            # costs a getpid() system call, a fifth of a no-op job).
+            self._refuse_other_loop(runner, coro)
         # The current task is put back in each branch below, not once after the try:
         # keeping the caught exception past its except block (to branch on it later)
         # makes a frame <-> traceback cycle per job for the garbage collector, +30 %.
@@ -788,6 +793,23 @@ class _Engine:
             if runner.state == _WAIT:
                 first.cancel()
         return handle
+
+    def _refuse_other_loop(
+        self, runner: _Runner | None, coro: Coroutine[Any, Any, Any]
+    ) -> NoReturn:
+        """_start() was called from another event loop (a second asyncio.run(), another
+        loop in this thread): undo it and raise, before the job has run at all."""
+        if runner is not None:  # it was made the current task of our loop: undo that
+            loop = self._loop
+            if _current_tasks is not None:
+                del _current_tasks[loop]
+            else:
+                _swap_current_task(loop, None)
+            runner.state = _IDLE
+            self._free.append(runner)
+        coro.close()  # never started: no "coroutine ... was never awaited"
+        self._release()
+        raise RuntimeError(f"{self!r} is bound to another event loop")
 
     def _after_eager(self, runner: _Runner) -> None:
         """A job ended in its first step: release its count; recycle or retire the runner."""
