@@ -189,6 +189,8 @@ class _Runner:
             out = self._step(exc)
             if out is not _GO:
                 return out
+        # The same ending as send()'s, written out again so that send(), which steps
+        # every job, stays a single frame.
         try:
             return self.coro.throw(exc)  # type: ignore[union-attr]
         except StopIteration as stop:
