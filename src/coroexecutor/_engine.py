@@ -32,6 +32,7 @@ import collections.abc as _collections_abc
 import contextvars
 import enum
 import inspect
+import itertools
 import math
 import sys
 import types
@@ -131,12 +132,14 @@ class _Runner:
 
     __slots__ = (
         "_asyncio_future_blocking",
+        "add_done_callback",
         "cancel_requested",
         "coro",
         "counted",
         "ctx",
         "engine",
         "first",
+        "get_loop",
         "handle",
         "on_handle_done",
         "parked",
@@ -163,19 +166,36 @@ class _Runner:
         self.cancel_requested = False
         self.release_on_exit = False
         self.on_handle_done = self._on_handle_done  # made once, added to each job's handle
+        # The future protocol, as much of it as a task uses on what it awaits: our task
+        # calls get_loop() and add_done_callback() each time it parks on us, so both are
+        # C callables (shared by the engine's runners; -1,500 instructions per job).
+        self.get_loop: Callable[[], asyncio.AbstractEventLoop] = engine._loop_getter
+        self.add_done_callback: Callable[..., object] = self._capture_wakeup
 
     # ---------------------------------------------------------------- as a coroutine
     def send(self, value: Any = None) -> Any:
-        if self.state != _RUN:
-            out = self._step(None)
-            if out is not _GO:
-                return out
+        state = self.state
+        if state != _RUN:
+            if state in (_WAIT, _RESUME):
+                # A job's first resumption: inlined from _step(), as every job that
+                # suspends comes through here once.
+                self.state = _RUN
+                self.parked = False
+                self.first = None
+            else:
+                out = self._step(None)
+                if out is not _GO:
+                    return out
         try:
             return _send(self.coro, value)  # type: ignore[arg-type]
         except StopIteration as stop:
             self.engine._job_returned(self, stop.value)
         except BaseException as exc:
             self._raised(exc)
+        if self.state == _IDLE:  # back on the free list: park (_after_job, inlined)
+            self._asyncio_future_blocking = True
+            self.parked = True
+            return self
         return self._after_job()
 
     __next__ = send  # 3.12+ tasks step an iterator through tp_iternext
@@ -267,13 +287,12 @@ class _Runner:
         return _GO
 
     # ---------------------------------------------------------------- as a future
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self.engine._loop
-
-    def add_done_callback(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
-        # Our task parks on us: keep its wake-up callback (bound to the task, called
-        # in the task's own context, which is self.ctx).
+    def _capture_wakeup(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
+        # The first time our task parks on us, keep its wake-up callback (bound to the
+        # task, valid for its whole life; run in the task's context, self.ctx).  Later
+        # parks need nothing: a C no-op that takes any arguments stands in.
         self.wakeup = fn
+        self.add_done_callback = _IGNORE_CALLBACK
 
     def remove_done_callback(self, fn: Any) -> int:  # pragma: no cover - asyncio never calls it
         return 0
@@ -418,6 +437,7 @@ class _Engine:
     """
 
     _loop: asyncio.AbstractEventLoop
+    _loop_getter: Callable[[], asyncio.AbstractEventLoop]  # a C callable returning _loop
 
     def __init__(self, max_workers: int, copy_context: bool) -> None:
         self._limit = max_workers
@@ -456,6 +476,7 @@ class _Engine:
         """Tie the executor to the running loop (on entry or first use)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._loop_getter = itertools.repeat(loop).__next__
         self._context = contextvars.copy_context()
         done: asyncio.Future[None] = loop.create_future()
         done.set_result(None)
