@@ -16,7 +16,8 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
 
-from ._engine import _BASE_ERRORS, _check_fn, _Engine, _State, _wrapped_job
+from ._engine import _Engine
+from ._jobs import _BASE_ERRORS, _check_fn, _State, _wrapped_job
 from ._map import _map, _map_unordered, _open_sources
 from ._outcome import _Outcome
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._engine import _BASE_ERRORS
+from ._jobs import _BASE_ERRORS
 
 __all__ = ("_Outcome",)
 

@@ -1,0 +1,87 @@
+"""What a job is, apart from the engine that runs it: the coroutine a job's function
+makes (or the TypeError naming the mistake), the wrapper that adds the executor's
+initializer and job_timeout, and the executor's states.
+
+Kept out of ``_engine``, which may be compiled: the wrappers here must stay native
+coroutines, which the engine steps with ``types.CoroutineType.send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import types
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
+
+__all__ = ("_BASE_ERRORS", "_State", "_as_coroutine", "_check_fn", "_wrapped_job")
+
+_CoroutineType: Final = types.CoroutineType
+_BASE_ERRORS: Final = (KeyboardInterrupt, SystemExit)
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # no new jobs; running jobs go on
+    CLOSED = "closed"  # every job and every worker has ended
+
+
+async def _await_awaitable(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+async def _wrapped_job(
+    init: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    job_timeout: float | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """A job with the executor's initializer before it and/or its job_timeout around it."""
+    if init is not None:
+        r = init(*initargs)
+        if inspect.isawaitable(r):
+            await r
+    if job_timeout is None:
+        return await _as_coroutine(fn, fn(*args, **kwargs))
+    async with asyncio.timeout(job_timeout):
+        return await _as_coroutine(fn, fn(*args, **kwargs))
+
+
+def _as_coroutine(fn: Any, obj: Any) -> Coroutine[Any, Any, Any]:
+    """What a job's function returned, as a coroutine, or a TypeError naming the mistake."""
+    if type(obj) is _CoroutineType:
+        return obj
+    if inspect.isawaitable(obj):
+        return _await_awaitable(obj)
+    if inspect.isasyncgen(obj):
+        obj.aclose().close()
+        raise TypeError(
+            f"{fn!r} returned an async generator, which is not awaitable; "
+            "submit a coroutine function (async def ... return)"
+        )
+    raise TypeError(
+        f"{fn!r} returned {type(obj).__name__} {obj!r}, which is not awaitable; "
+        "the executor runs coroutine functions (async def) or functions returning awaitables"
+    )
+
+
+def _check_fn(fn: Any, what: str) -> None:
+    """Refuse a job function that cannot be one, before anything starts."""
+    if callable(fn):
+        return
+    if inspect.iscoroutine(fn):
+        name = getattr(fn, "__name__", "f")
+        fn.close()  # no "coroutine ... was never awaited" warning after our error
+        raise TypeError(
+            f"{what}() takes a coroutine function and its arguments, not a coroutine object: "
+            f"write {what}({name}, x), not {what}({name}(x))"
+        )
+    if inspect.isawaitable(fn):
+        raise TypeError(
+            f"{what}() takes a function and its arguments, not an awaitable ({fn!r}): "
+            f"write {what}(fn, x), not {what}(fn(x))"
+        )
+    raise TypeError(f"{what}() needs a callable as its first argument, got {fn!r}")
