@@ -3,33 +3,46 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-ray lint typecheck unit matrix bench bench-publish bench-10m bench-check bench-hotpaths bench-sharded soak clean
+.PHONY: test test-ray lint typecheck unit matrix wheel bench bench-publish bench-10m bench-check bench-hotpaths bench-sharded soak clean
 
-$(VENV)/.test-installed: pyproject.toml
+# What the compiled engine is built from: an editable install compiles it in place, and
+# is redone when any of these change (a stale build is refused at import anyway).
+ENGINE_SOURCES := setup.py src/coroexecutor/_engine.py src/coroexecutor/_engine.pxd
+
+$(VENV)/.test-installed: pyproject.toml $(ENGINE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-$(VENV)/.bench-installed: pyproject.toml
+$(VENV)/.bench-installed: pyproject.toml $(ENGINE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 
 ## make test: lint, mypy --strict, the suite on asyncio + uvloop (+ eager factory on
-## 3.12+) with asyncio debug on, then the same on every other Python >= 3.11 found.
+## 3.12+) with asyncio debug on, on the compiled engine and again on the pure-Python
+## one, then the same on every other Python >= 3.11 found.
 test: lint typecheck unit matrix
 
 lint: $(VENV)/.test-installed
-	$(PY) -m ruff check src tests bench scripts examples
-	$(PY) -m ruff format --check src tests bench scripts examples
+	$(PY) -m ruff check setup.py src tests bench scripts examples
+	$(PY) -m ruff format --check setup.py src tests bench scripts examples
 
 typecheck: $(VENV)/.test-installed
 	$(PY) -m mypy
 
+# COROEXECUTOR_EXPECT_ENGINE makes the suite fail at once if the other engine loaded.
 unit: $(VENV)/.test-installed
-	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -p no:cacheprovider
+	COROEXECUTOR_EXPECT_ENGINE=compiled COROEXECUTOR_PACKAGING_TESTS=1 PYTHONASYNCIODEBUG=1 \
+		$(PY) -m pytest -p no:cacheprovider
+	COROEXECUTOR_NO_EXTENSIONS=1 COROEXECUTOR_EXPECT_ENGINE=pure PYTHONASYNCIODEBUG=1 \
+		$(PY) -m pytest -p no:cacheprovider
+
+## make wheel: a wheel for the running Python, with the compiled engine, in dist/.
+wheel: $(VENV)/.test-installed
+	$(PY) -m build --wheel --outdir dist
 
 matrix: $(VENV)/.test-installed
 	PYTHON=$(PY) bash scripts/test-matrix.sh

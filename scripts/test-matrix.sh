@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite on every other Python from 3.11 up that this machine has, each in
 # its own venv (.venv-3.X).  The default interpreter's run is done by `make test`.
+# Each runs the suite twice: on the compiled engine and on the pure-Python one.
 # Says plainly which interpreter it skipped and why.
 set -eu
 default=$("${PYTHON:-python3}" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -12,7 +13,11 @@ for v in 3.11 3.12 3.13 3.14; do
     continue
   fi
   venv=".venv-$v"
-  if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
+  stale=0
+  for f in pyproject.toml setup.py src/coroexecutor/_engine.py src/coroexecutor/_engine.pxd; do
+    if [ "$f" -nt "$venv/.installed" ]; then stale=1; fi
+  done
+  if [ ! -f "$venv/.installed" ] || [ $stale = 1 ]; then
     echo "matrix: creating $venv with $py"
     "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
@@ -20,6 +25,9 @@ for v in 3.11 3.12 3.13 3.14; do
     touch "$venv/.installed"
   fi
   echo "matrix: Python $v ($("$venv/bin/python" -V 2>&1))"
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider || status=1
+  # The whole suite on the compiled engine, then on the pure-Python one.
+  COROEXECUTOR_EXPECT_ENGINE=compiled "$venv/bin/python" -m pytest -q -p no:cacheprovider || status=1
+  COROEXECUTOR_NO_EXTENSIONS=1 COROEXECUTOR_EXPECT_ENGINE=pure \
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider || status=1
 done
 exit $status

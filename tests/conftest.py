@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+
+import coroexecutor
 
 try:
     import uvloop
@@ -20,13 +23,26 @@ except ImportError:  # pragma: no cover
 LOOPS = ["asyncio", "uvloop", "eager"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # `make test` runs the suite once per engine and says which it expects: a suite
+    # meant for the compiled engine must not pass on the pure one unnoticed.
+    expected = os.environ.get("COROEXECUTOR_EXPECT_ENGINE")
+    loaded = "compiled" if coroexecutor.__compiled__ else "pure"
+    if expected and expected != loaded:
+        raise pytest.UsageError(
+            f"COROEXECUTOR_EXPECT_ENGINE={expected}, but the {loaded} engine is loaded "
+            "(was the package installed with a C compiler? see pip's output)"
+        )
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     skipped = []
     if uvloop is None:
         skipped.append("uvloop (not installed)")
     if sys.version_info < (3, 12):
         skipped.append("eager task factory (needs Python 3.12+)")
-    return [f"loops skipped: {', '.join(skipped) or 'none'}"]
+    engine = "compiled (Cython)" if coroexecutor.__compiled__ else "pure Python"
+    return [f"engine: {engine}", f"loops skipped: {', '.join(skipped) or 'none'}"]
 
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]

@@ -7,9 +7,14 @@ Run millions of coroutines with at most ``max_workers`` of them in flight::
             await exe.submit(fetch, line)   # waits while 10,000 jobs are running
 """
 
+from ._engine_choice import COMPILED
 from ._executor import CoroutineExecutor, ExecutorFull, ExecutorStats
 from ._runner import run
 from ._sharded import ShardCrashed, ShardedExecutor
+
+#: True when the compiled engine runs jobs; False for the pure-Python one (no C compiler
+#: at install, COROEXECUTOR_NO_EXTENSIONS set, or a build older than _engine.py).
+__compiled__: bool = COMPILED
 
 __all__ = (
     "CoroutineExecutor",

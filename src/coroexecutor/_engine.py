@@ -330,11 +330,6 @@ class _Runner:
         if handle is self.handle and self.task is not None:
             self.task.cancel()
 
-    @property
-    def __name__(self) -> str:
-        # What the task's repr shows as its coroutine.
-        return "coroexecutor.worker"
-
     def __repr__(self) -> str:
         return f"<coroexecutor runner state={self.state} job={self.coro!r}>"
 
@@ -419,9 +414,13 @@ class _Engine:
         self._plain_futures = _plain_create_future(loop)
         self._refresh_gate()
 
+    def _bound(self) -> bool:
+        """Whether the executor is tied to a loop yet (``_loop`` is set from then on)."""
+        return self._done_fut is not None
+
     def _refresh_gate(self) -> None:
         """Open submit()'s fast path only where it may be used: bound, open, no rate limit."""
-        bound = self._done_fut is not None
+        bound = self._bound()
         plain = self._state is _State.OPEN and self._interval is None and bound
         self._cap = self._limit if plain else 0
 
@@ -446,14 +445,10 @@ class _Engine:
         """submit() when the gate is shut: not yet bound, full, or closed."""
         if not callable(fn):
             _check_fn(fn, "submit")
-        try:
-            loop = self._loop
-        except AttributeError:
+        if not self._bound():
             self._bind()
-            loop = self._loop
-        else:
-            if asyncio.get_running_loop() is not loop:
-                raise RuntimeError(f"{self!r} is bound to another event loop")
+        elif asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(f"{self!r} is bound to another event loop")
         self._check_open()
         if self._running < self._limit and not self._waiters:
             self._running += 1
@@ -509,7 +504,7 @@ class _Engine:
         if self._running < self._cap:
             self._running += 1
             return self._start(fn, args, kwargs, True)
-        if self._done_fut is None:
+        if not self._bound():
             self._bind()
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
 
-from ._engine import _Engine
+from ._engine_choice import _Engine
 from ._jobs import _BASE_ERRORS, _check_fn, _State, _wrapped_job
 from ._map import _map, _map_unordered, _open_sources
 from ._outcome import _Outcome
@@ -204,7 +204,7 @@ class CoroutineExecutor(_Engine, _Outcome):
         them and returns at once without raising.  With ``wait=True`` the first job
         error (fail-fast mode) or the executor's TimeoutError is raised here.
         """
-        if not hasattr(self, "_loop"):
+        if not self._bound():
             self._state = _State.CLOSED
             return
         self._close()
@@ -219,7 +219,7 @@ class CoroutineExecutor(_Engine, _Outcome):
         self._raise_error()
 
     async def __aenter__(self) -> CoroutineExecutor:
-        self._claim_entry(used=hasattr(self, "_loop"))
+        self._claim_entry(used=self._bound())
         self._started_at = time.monotonic()
         self._bind()
         return self
