@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-ray lint typecheck unit matrix wheel bench bench-publish bench-10m bench-check bench-hotpaths bench-sharded soak clean
+.PHONY: test test-ray lint typecheck unit matrix wheel leakcheck bench bench-publish bench-10m bench-check bench-hotpaths bench-sharded soak clean
 
 # What the compiled engine is built from: an editable install compiles it in place, and
 # is redone when any of these change (a stale build is refused at import anyway).
@@ -84,11 +84,23 @@ bench-hotpaths: $(VENV)/.bench-installed
 	$(PY) -m pytest bench/test_hotpaths.py --benchmark-only -p no:cacheprovider
 
 ## make soak: ten million jobs with 1% failures and 1% cancellations, suppressed and then
-## fail-fast, on both loops; prints the accounting and RSS every million (not in CI).
+## fail-fast, on both loops and both engines; prints the accounting and RSS every
+## million (not in CI).
 JOBS ?= 10000000
 soak: $(VENV)/.test-installed
 	$(PY) scripts/soak.py --jobs $(JOBS)
 	$(PY) scripts/soak.py --jobs $(JOBS) --uvloop
+	COROEXECUTOR_NO_EXTENSIONS=1 $(PY) scripts/soak.py --jobs $(JOBS)
+	COROEXECUTOR_NO_EXTENSIONS=1 $(PY) scripts/soak.py --jobs $(JOBS) --uvloop
+
+## make leakcheck: a million jobs of each kind (completed, failed, cancelled by handle,
+## timed out) on each engine and loop: reference counts, traced memory and RSS must not
+## grow (a few minutes; tests/test_leaks.py runs it with fewer jobs).
+leakcheck: $(VENV)/.test-installed
+	$(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000)
+	$(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000) --uvloop
+	COROEXECUTOR_NO_EXTENSIONS=1 $(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000)
+	COROEXECUTOR_NO_EXTENSIONS=1 $(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000) --uvloop
 
 ## make test-ray: the ShardedExecutor suite on a local Ray instance (installs ray, ~1 min).
 test-ray: $(VENV)/.test-installed

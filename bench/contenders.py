@@ -19,7 +19,10 @@ library's documentation shows, without micro-optimisations that only one of them
 
 - ``floor``: no executor at all: the cost of the jobs themselves on this loop.
 - ``coroexecutor-submit`` / ``coroexecutor-map``: ours (imported from ``src/`` via
-  PYTHONPATH); handles from ``submit`` are dropped at once, so memory stays flat.
+  PYTHONPATH, with the compiled engine that ``pip install -e .`` built there);
+  handles from ``submit`` are dropped at once, so memory stays flat.
+- ``coroexecutor-submit-pure``: ``submit`` on the pure-Python engine
+  (``COROEXECUTOR_NO_EXTENSIONS=1``), what runs where no C compiler was found.
 - ``semaphore-taskgroup``: ``asyncio.Semaphore`` + ``asyncio.TaskGroup`` by hand.
 - ``semaphore-taskgroup-eager``: the same with ``asyncio.eager_task_factory`` (3.12+).
 - ``legacy-2022.8.1`` / ``legacy-2022.8.1-map``: coroexecutor 2022.8.1 from PyPI.
@@ -325,7 +328,22 @@ def _ours_submit() -> tuple[Driver, dict[str, Any]]:
             for _i in range(wl.n):
                 await exe.submit(job)  # the handle is dropped: memory stays flat
 
-    return drive, {"module": mod.__file__, "version": getattr(mod, "__version__", None)}
+    return drive, _our_impl(mod)
+
+
+@contender("coroexecutor-submit-pure")
+def _ours_submit_pure() -> tuple[Driver, dict[str, Any]]:
+    # The pure-Python engine, which runs where no C compiler was found at install.
+    os.environ["COROEXECUTOR_NO_EXTENSIONS"] = "1"
+    return _ours_submit()
+
+
+def _our_impl(mod: Any) -> dict[str, Any]:
+    return {
+        "module": mod.__file__,
+        "version": getattr(mod, "__version__", None),
+        "compiled": mod.__compiled__,
+    }
 
 
 @contender("coroexecutor-map")
@@ -338,7 +356,7 @@ def _ours_map() -> tuple[Driver, dict[str, Any]]:
             async for _r in exe.map(wl.job1, range(wl.n)):
                 pass
 
-    return drive, {"module": mod.__file__, "version": getattr(mod, "__version__", None)}
+    return drive, _our_impl(mod)
 
 
 @contender("semaphore-taskgroup")
@@ -495,6 +513,7 @@ DEFAULT_CONTENDERS = (
     "floor",
     "coroexecutor-submit",
     "coroexecutor-map",
+    "coroexecutor-submit-pure",
     "semaphore-taskgroup",
     "semaphore-taskgroup-eager",
     "legacy-2022.8.1",
@@ -505,7 +524,7 @@ DEFAULT_CONTENDERS = (
 )
 EXTRA_CONTENDERS = ("legacy-2022.8.1-map",)
 LEGACY_CONTENDERS = ("legacy-2022.8.1", "legacy-2022.8.1-map")
-OURS_CONTENDERS = ("coroexecutor-submit", "coroexecutor-map")
+OURS_CONTENDERS = ("coroexecutor-submit", "coroexecutor-map", "coroexecutor-submit-pure")
 assert set(DEFAULT_CONTENDERS + EXTRA_CONTENDERS) == set(CONTENDERS)
 
 

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from typing import Any
 
+import coroexecutor
 from coroexecutor import CoroutineExecutor, run
 
 FAIL_AT = 37  # i % 100 == FAIL_AT: the job fails
@@ -272,7 +273,8 @@ async def main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     print(
         f"soak: {args.jobs:,} jobs, max_workers={args.max_workers}, "
-        f"loop={type(loop).__module__}.{type(loop).__name__}, Python {sys.version.split()[0]}",
+        f"loop={type(loop).__module__}.{type(loop).__name__}, Python {sys.version.split()[0]}, "
+        f"{'compiled' if coroexecutor.__compiled__ else 'pure-Python'} engine",
         flush=True,
     )
     await phase_suppress(args, problems)

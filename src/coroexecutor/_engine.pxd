@@ -1,5 +1,19 @@
-# Cython declarations for _engine.py, compiled as coroexecutor._cengine (setup.py).
-# The .py stays the one source: this file only gives its classes C fields.
+# C declarations for _engine.py, compiled by setup.py as coroexecutor._cengine.  The .py
+# stays the one source: this file gives its classes C fields and defines the two C
+# helpers that its `if cython.compiled:` branches call.
+from cpython.ref cimport PyObject, Py_XDECREF
+
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject** presult) except? PYGEN_ERROR
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
+
+
 cdef class _Runner:
     cdef public bint _asyncio_future_blocking
     cdef public object add_done_callback
@@ -15,9 +29,11 @@ cdef class _Runner:
     cdef public bint parked
     cdef public bint release_on_exit
     cdef public bint report
+    cdef public object returned
     cdef public int state
     cdef public object task
     cdef public object wakeup
+
 
 cdef class _Engine:
     cdef public Py_ssize_t _limit
@@ -47,3 +63,37 @@ cdef class _Engine:
     cdef public object _loop
     cdef public object _loop_getter
     cdef public object _max_pending
+
+    # C calls from the engine itself; still methods to Python (CoroutineExecutor, map).
+    cpdef _start(self, fn, tuple args, dict kwargs, bint report, handle=*)
+    cpdef _release(self)
+    cpdef _job_returned(self, _Runner runner, result)
+
+
+cdef object _RETURNED
+cdef object _OPEN
+
+# A runner's states (the table in _engine.py): C ints.
+cdef int _IDLE, _EAGER, _WAIT, _RESUME, _YIELD, _RUN, _STOP
+
+
+cdef inline object _c_send(_Runner runner, object coro, object value):
+    """Step ``coro`` with PyIter_Send, which reports a return without raising
+    StopIteration: what it yielded, or _RETURNED with its value in runner.returned."""
+    cdef PyObject* res = NULL
+    cdef PySendResult status = PyIter_Send(coro, value, &res)
+    cdef object out = <object>res
+    Py_XDECREF(res)
+    if status == PYGEN_RETURN:
+        runner.returned = out
+        return _RETURNED
+    return out
+
+
+cdef inline object _c_send_in(_Runner runner, object coro):
+    """_c_send(runner, coro, None) inside runner.ctx: Context.run without its call."""
+    PyContext_Enter(runner.ctx)
+    try:
+        return _c_send(runner, coro, None)
+    finally:
+        PyContext_Exit(runner.ctx)

@@ -40,6 +40,14 @@ from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
 from ._jobs import _BASE_ERRORS, _as_coroutine, _check_fn, _State
 
+try:
+    # In the compiled engine (setup.py) this is the compiler's own module, and
+    # `cython.compiled` a constant True: the branches on it pick the C helpers that
+    # _engine.pxd defines.  Here it is False (Cython's shadow module, or this stand-in).
+    import cython
+except ImportError:  # the pure-Python engine, where Cython is not installed
+    cython = types.SimpleNamespace(compiled=False)
+
 __all__ = ("_Engine",)
 
 P = ParamSpec("P")
@@ -100,7 +108,11 @@ _LIVE: Final[set[Any]] = set()
 #   _STOP    the task is to end at its next step               (the task ends)
 #
 # A job is in flight from its suspension (_RESUME/_YIELD/_WAIT) until it ends in _RUN.
+_OPEN: Final = _State.OPEN  # a global, not an Enum class attribute: read per job
 _GO: Final = object()  # _Runner._step(): step the job now
+# A job's coroutine returned (its value is in runner.returned): what the compiled
+# engine's C helpers give instead of raising StopIteration, and so the pure one's too.
+_RETURNED: Final = object()
 
 _IDLE: Final = 0
 _EAGER: Final = 1
@@ -138,6 +150,7 @@ class _Runner:
         "parked",
         "release_on_exit",
         "report",
+        "returned",
         "state",
         "task",
         "wakeup",
@@ -153,6 +166,7 @@ class _Runner:
         self.coro: Coroutine[Any, Any, Any] | None = None
         self.handle: asyncio.Future[Any] | None = None
         self.first: Any = None
+        self.returned: Any = None  # what the job's coroutine returned, until it is taken
         self.state = _IDLE
         self.report = True
         self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
@@ -167,7 +181,7 @@ class _Runner:
 
     # ---------------------------------------------------------------- as a coroutine
     def send(self, value: Any = None) -> Any:
-        state = self.state
+        state: cython.int = self.state
         if state != _RUN:
             if state in (_WAIT, _RESUME):
                 # A job's first resumption: inlined from _step(), as every job that
@@ -180,11 +194,21 @@ class _Runner:
                 if out is not _GO:
                     return out
         try:
-            return _send(self.coro, value)  # type: ignore[arg-type]
+            if cython.compiled:
+                # _c_send and _c_send_in are defined in _engine.pxd (compiled engine only).
+                out = _c_send(self, self.coro, value)  # type: ignore[name-defined]  # noqa: F821
+            else:
+                return _send(self.coro, value)  # type: ignore[arg-type]
         except StopIteration as stop:
             self.engine._job_returned(self, stop.value)
         except BaseException as exc:
             self._raised(exc)
+        else:
+            if out is not _RETURNED:
+                return out
+            returned = self.returned
+            self.returned = None
+            self.engine._job_returned(self, returned)
         if self.state == _IDLE:  # back on the free list: park (_after_job, inlined)
             self._asyncio_future_blocking = True
             self.parked = True
@@ -223,7 +247,7 @@ class _Runner:
 
     def _after_job(self) -> Any:
         """The job ended: wait for the next one, or end the task."""
-        state = self.state
+        state: cython.int = self.state
         if state == _IDLE:
             self._asyncio_future_blocking = True
             self.parked = True
@@ -251,7 +275,7 @@ class _Runner:
     def _step(self, exc: BaseException | None) -> Any:
         """A step of the task in any state but _RUN: what to yield to the task, or
         _GO to go on into the job (send None, or throw ``exc``)."""
-        state = self.state
+        state: cython.int = self.state
         if state == _IDLE and exc is None:
             # On the free list: wait for a job, parked on ourselves.
             self._asyncio_future_blocking = True
@@ -301,7 +325,7 @@ class _Runner:
 
     def cancel(self, msg: Any = None) -> bool:
         """Our task is being cancelled while parked on us (Task.cancel calls this)."""
-        state = self.state
+        state: cython.int = self.state
         if state == _WAIT:
             # Cancel what the job waits on, as Task.cancel does with its _fut_waiter.
             return bool(self.first.cancel(msg))
@@ -421,7 +445,7 @@ class _Engine:
     def _refresh_gate(self) -> None:
         """Open submit()'s fast path only where it may be used: bound, open, no rate limit."""
         bound = self._bound()
-        plain = self._state is _State.OPEN and self._interval is None and bound
+        plain = self._state is _OPEN and self._interval is None and bound
         self._cap = self._limit if plain else 0
 
     # ------------------------------------------------------------------ submit
@@ -485,7 +509,7 @@ class _Engine:
             except _CancelledError:
                 self._release()
                 raise
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             self._release()
             self._check_open()
         self._last_start = loop.time()
@@ -585,7 +609,7 @@ class _Engine:
         return fut.result() is None
 
     def _check_open(self) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _release(self) -> None:
@@ -645,7 +669,9 @@ class _Engine:
                 _check_fn(fn, "submit")
             self._settle_raised(handle, exc, report)
             return handle
-        free = self._free
+        # Typed locals: C field access in the compiled engine (plain names here).
+        runner: _Runner
+        free: list[_Runner] = self._free
         if free:
             runner = free.pop()
         elif _get_running_loop() is loop:
@@ -664,21 +690,35 @@ class _Engine:
             # another event loop.  Only then is the running loop looked up (on 3.11 that
             # costs a getpid() system call, a fifth of a no-op job).
             self._refuse_other_loop(runner, coro)
-        # The current task is put back in each branch below, not once after the try:
-        # keeping the caught exception past its except block (to branch on it later)
-        # makes a frame <-> traceback cycle per job for the garbage collector, +30 %.
         try:
-            first = runner.ctx.run(_send, coro, None)
-        except StopIteration as stop:
-            if ct is not None:
-                if prev is None:
-                    del ct[loop]
-                else:
-                    ct[loop] = prev
+            if cython.compiled:
+                # Context.run() and send(), minus the call and the StopIteration.
+                first = _c_send_in(runner, coro)  # type: ignore[name-defined]  # noqa: F821
             else:
-                _swap_current_task(loop, prev)
+                first = runner.ctx.run(_send, coro, None)
+        except StopIteration as stop:
+            # Only the value is kept past this block: holding the exception (to branch on
+            # it later) would make a frame <-> traceback cycle per job for the GC, +30 %.
+            runner.returned = stop.value
+            first = _RETURNED
+        except BaseException as exc:
+            _swap_current_task(loop, prev)
             runner.state = _IDLE
-            handle.set_result(stop.value)
+            self._after_eager(runner)
+            self._settle_raised(handle, exc, report)
+            return handle
+        if ct is not None:
+            if prev is None:
+                del ct[loop]
+            else:
+                ct[loop] = prev
+        else:
+            _swap_current_task(loop, prev)
+        if first is _RETURNED:
+            value = runner.returned
+            runner.returned = None
+            runner.state = _IDLE
+            handle.set_result(value)
             self._completed += 1
             # A parked task reports a cancellation through runner.cancel(); one that
             # has not run yet only records it (Task._must_cancel, in the C and the
@@ -694,19 +734,6 @@ class _Engine:
                     self._running -= 1
                 free.append(runner)
             return handle
-        except BaseException as exc:
-            _swap_current_task(loop, prev)
-            runner.state = _IDLE
-            self._after_eager(runner)
-            self._settle_raised(handle, exc, report)
-            return handle
-        if ct is not None:
-            if prev is None:
-                del ct[loop]
-            else:
-                ct[loop] = prev
-        else:
-            _swap_current_task(loop, prev)
         # The job suspended: the runner's task takes it from here.
         self._active += 1
         runner.coro = coro
@@ -776,7 +803,7 @@ class _Engine:
             # the count goes back when it has, so at most max_workers such tasks exist.
             runner.release_on_exit = True
             self._retire(runner)
-        elif self._state is _State.OPEN:
+        elif self._state is _OPEN:
             self._release()
             self._free.append(runner)
         else:
@@ -857,7 +884,7 @@ class _Engine:
                 self._running -= 1
         else:
             runner.counted = True
-        if self._state is _State.OPEN and not self._copy_context and not runner.task.cancelling():  # type: ignore[union-attr]
+        if self._state is _OPEN and not self._copy_context and not runner.task.cancelling():  # type: ignore[union-attr]
             runner.state = _IDLE
             self._free.append(runner)
             if self._active == 0 and self._drained is not None:
@@ -883,7 +910,7 @@ class _Engine:
             self._release()
         runner.counted = True
         assert runner.task is not None
-        if runner.task.cancelling() or self._copy_context or self._state is not _State.OPEN:
+        if runner.task.cancelling() or self._copy_context or self._state is not _OPEN:
             # A cancelled task carries its cancellation (count, pending throw) into
             # whatever it runs next, and a copied context serves one job: retire it.
             runner.state = _STOP
