@@ -34,9 +34,11 @@ typecheck: $(VENV)/.test-installed
 	$(PY) -m mypy
 
 # COROEXECUTOR_EXPECT_ENGINE makes the suite fail at once if the other engine loaded.
+# The compiled engine's run is under -X dev (debug memory allocator hooks, asyncio debug,
+# faulthandler): reference and memory errors in C code show there first.
 unit: $(VENV)/.test-installed
 	COROEXECUTOR_EXPECT_ENGINE=compiled COROEXECUTOR_PACKAGING_TESTS=1 PYTHONASYNCIODEBUG=1 \
-		$(PY) -m pytest -p no:cacheprovider
+		$(PY) -X dev -m pytest -p no:cacheprovider
 	COROEXECUTOR_NO_EXTENSIONS=1 COROEXECUTOR_EXPECT_ENGINE=pure PYTHONASYNCIODEBUG=1 \
 		$(PY) -m pytest -p no:cacheprovider
 
