@@ -132,7 +132,8 @@ class _Runner:
     (``_asyncio_future_blocking``, ``add_done_callback``, ``cancel``), so that the task
     hands it its wake-up callback.  That wake-up is then attached straight to the future
     a new job waits on, so the job resumes exactly when a task of its own would have:
-    the hand-off costs no loop step.
+    the hand-off costs no loop step.  And it is the done callback on its job's handle
+    (``__call__``), which cancels the job when the handle is cancelled.
     """
 
     __slots__ = (
@@ -146,7 +147,6 @@ class _Runner:
         "first",
         "get_loop",
         "handle",
-        "on_handle_done",
         "parked",
         "release_on_exit",
         "report",
@@ -172,7 +172,6 @@ class _Runner:
         self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
         self.cancel_requested = False
         self.release_on_exit = False
-        self.on_handle_done = self._on_handle_done  # made once, added to each job's handle
         # The future protocol, as much of it as a task uses on what it awaits: our task
         # calls get_loop() and add_done_callback() each time it parks on us, so both are
         # C callables (shared by the engine's runners; -1,500 instructions per job).
@@ -349,8 +348,11 @@ class _Runner:
         # A resumption is already scheduled: the task delivers the cancellation then.
         return False
 
-    def _on_handle_done(self, handle: asyncio.Future[Any]) -> None:
-        # The handle ended before the job did: somebody cancelled it.  Cancel the job.
+    # ---------------------------------------------------------------- as a done callback
+    def __call__(self, handle: asyncio.Future[Any]) -> None:
+        """Added to the handle of the job we run (the runner itself, not a bound method:
+        one object less per worker for the garbage collector to track).  The handle
+        ended before the job did: somebody cancelled it.  Cancel the job."""
         if handle is self.handle and self.task is not None:
             self.task.cancel()
 
@@ -739,7 +741,7 @@ class _Engine:
         runner.coro = coro
         runner.handle = handle
         runner.report = report
-        handle.add_done_callback(runner.on_handle_done)
+        handle.add_done_callback(runner)
         if not runner.parked:
             # The task has not taken its first step yet (or is ending the job before
             # this one); its next step resumes the job.
@@ -873,7 +875,7 @@ class _Engine:
             self._end_runner(runner)
             self._job_cancelled_by_handle(runner.report)
             return
-        handle.remove_done_callback(runner.on_handle_done)
+        handle.remove_done_callback(runner)
         handle.set_result(result)
         self._completed += 1
         self._active -= 1
@@ -899,7 +901,7 @@ class _Engine:
         runner.handle = None
         runner.coro = None
         self._active -= 1
-        handle.remove_done_callback(runner.on_handle_done)
+        handle.remove_done_callback(runner)
         report = runner.report
         self._end_runner(runner)
         self._settle_raised(handle, exc, report)
@@ -964,7 +966,7 @@ class _Engine:
             if handle is not None:
                 # The handle says "cancelled" at once, as Future.cancel() does; the
                 # job itself unwinds in its task, and exit/shutdown wait for that.
-                handle.remove_done_callback(runner.on_handle_done)
+                handle.remove_done_callback(runner)
                 handle.cancel()
             runner.task.cancel()
 
