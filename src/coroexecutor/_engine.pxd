@@ -25,6 +25,7 @@ cdef class _Runner:
     cdef public object first
     cdef public object get_loop
     cdef public object handle
+    cdef public object on_handle_done
     cdef public bint parked
     cdef public bint release_on_exit
     cdef public bint report

@@ -132,8 +132,7 @@ class _Runner:
     (``_asyncio_future_blocking``, ``add_done_callback``, ``cancel``), so that the task
     hands it its wake-up callback.  That wake-up is then attached straight to the future
     a new job waits on, so the job resumes exactly when a task of its own would have:
-    the hand-off costs no loop step.  And it is the done callback on its job's handle
-    (``__call__``), which cancels the job when the handle is cancelled.
+    the hand-off costs no loop step.
     """
 
     __slots__ = (
@@ -147,6 +146,7 @@ class _Runner:
         "first",
         "get_loop",
         "handle",
+        "on_handle_done",
         "parked",
         "release_on_exit",
         "report",
@@ -172,6 +172,7 @@ class _Runner:
         self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
         self.cancel_requested = False
         self.release_on_exit = False
+        self.on_handle_done = self._on_handle_done  # made once, added to each job's handle
         # The future protocol, as much of it as a task uses on what it awaits: our task
         # calls get_loop() and add_done_callback() each time it parks on us, so both are
         # C callables (shared by the engine's runners; -1,500 instructions per job).
@@ -348,11 +349,8 @@ class _Runner:
         # A resumption is already scheduled: the task delivers the cancellation then.
         return False
 
-    # ---------------------------------------------------------------- as a done callback
-    def __call__(self, handle: asyncio.Future[Any]) -> None:
-        """Added to the handle of the job we run (the runner itself, not a bound method:
-        one object less per worker for the garbage collector to track).  The handle
-        ended before the job did: somebody cancelled it.  Cancel the job."""
+    def _on_handle_done(self, handle: asyncio.Future[Any]) -> None:
+        # The handle ended before the job did: somebody cancelled it.  Cancel the job.
         if handle is self.handle and self.task is not None:
             self.task.cancel()
 
@@ -741,7 +739,7 @@ class _Engine:
         runner.coro = coro
         runner.handle = handle
         runner.report = report
-        handle.add_done_callback(runner)
+        handle.add_done_callback(runner.on_handle_done)
         if not runner.parked:
             # The task has not taken its first step yet (or is ending the job before
             # this one); its next step resumes the job.
@@ -875,7 +873,7 @@ class _Engine:
             self._end_runner(runner)
             self._job_cancelled_by_handle(runner.report)
             return
-        handle.remove_done_callback(runner)
+        handle.remove_done_callback(runner.on_handle_done)
         handle.set_result(result)
         self._completed += 1
         self._active -= 1
@@ -901,7 +899,7 @@ class _Engine:
         runner.handle = None
         runner.coro = None
         self._active -= 1
-        handle.remove_done_callback(runner)
+        handle.remove_done_callback(runner.on_handle_done)
         report = runner.report
         self._end_runner(runner)
         self._settle_raised(handle, exc, report)
@@ -966,7 +964,7 @@ class _Engine:
             if handle is not None:
                 # The handle says "cancelled" at once, as Future.cancel() does; the
                 # job itself unwinds in its task, and exit/shutdown wait for that.
-                handle.remove_done_callback(runner)
+                handle.remove_done_callback(runner.on_handle_done)
                 handle.cancel()
             runner.task.cancel()
 
