@@ -47,7 +47,7 @@ wheel: $(VENV)/.test-installed
 	$(PY) -m build --wheel --outdir dist
 
 matrix: $(VENV)/.test-installed
-	PYTHON=$(PY) bash scripts/test-matrix.sh
+	PYTHON=$(PY) ENGINE_SOURCES="$(ENGINE_SOURCES)" bash scripts/test-matrix.sh
 
 ## make bench: ShardedExecutor against one executor (about 30 s), then every contender x
 ## workload x loop, each in its own process (about 2.5 minutes), ending with a summary
@@ -98,11 +98,11 @@ soak: $(VENV)/.test-installed
 ## make leakcheck: a million jobs of each kind (completed, failed, cancelled by handle,
 ## timed out) on each engine and loop: reference counts, traced memory and RSS must not
 ## grow (a few minutes; tests/test_leaks.py runs it with fewer jobs).
+JOBS_PER_KIND ?= 1000000
 leakcheck: $(VENV)/.test-installed
-	$(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000)
-	$(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000) --uvloop
-	COROEXECUTOR_NO_EXTENSIONS=1 $(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000)
-	COROEXECUTOR_NO_EXTENSIONS=1 $(PY) scripts/leakcheck.py --jobs $(or $(JOBS_PER_KIND),1000000) --uvloop
+	for engine in "" 1; do for loop in "" --uvloop; do \
+		COROEXECUTOR_NO_EXTENSIONS=$$engine $(PY) scripts/leakcheck.py --jobs $(JOBS_PER_KIND) $$loop \
+		|| exit 1; done; done
 
 ## make test-ray: the ShardedExecutor suite on a local Ray instance (installs ray, ~1 min).
 test-ray: $(VENV)/.test-installed

@@ -14,7 +14,7 @@ for v in 3.11 3.12 3.13 3.14; do
   fi
   venv=".venv-$v"
   stale=0
-  for f in pyproject.toml setup.py src/coroexecutor/_engine.py src/coroexecutor/_engine.pxd; do
+  for f in pyproject.toml ${ENGINE_SOURCES:?the Makefile passes ENGINE_SOURCES}; do
     if [ "$f" -nt "$venv/.installed" ]; then stale=1; fi
   done
   if [ ! -f "$venv/.installed" ] || [ $stale = 1 ]; then

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
-from ._jobs import _BASE_ERRORS, _as_coroutine, _check_fn, _State
+from ._jobs import _BASE_ERRORS, _as_coroutine, _check_fn, _CoroutineType, _State
 
 try:
     # In the compiled engine (setup.py) this is the compiler's own module, and
@@ -53,7 +53,6 @@ __all__ = ("_Engine",)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_CoroutineType: Final = types.CoroutineType
 _send: Final = types.CoroutineType.send  # unbound: no bound method made per job
 _CancelledError: Final = asyncio.CancelledError
 
