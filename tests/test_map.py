@@ -246,3 +246,108 @@ def test_map_bad_input(run) -> None:
                 exe.map(f, 5)  # type: ignore[arg-type]
 
     run(main())
+
+
+# A full map shares the executor's gate with everybody else, first in first out.
+
+
+def test_full_map_shares_the_gate_first_in_first_out(run) -> None:
+    order: list[str] = []
+
+    async def job(name: str) -> None:
+        order.append(name)
+        await asyncio.sleep(0.005)
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=2) as exe:
+
+            async def other() -> None:
+                await asyncio.sleep(0.012)  # the map is full and its feed queued by now
+                order.append("submitted")
+                await exe.submit(job, "other")
+
+            side = asyncio.create_task(other())
+            async for _ in exe.map(job, [f"m{i}" for i in range(20)]):
+                pass
+            await side
+        # The blocked submitter is served within a job or two of its turn, not after the
+        # whole map (the feed goes back to the end of the line after each count).
+        at = order.index("other")
+        assert at - order.index("submitted") <= 3, order
+        assert order.index("m19") > at, order
+
+    run(main())
+
+
+def test_map_input_that_fails_mid_way_is_raised_and_no_job_is_lost(run) -> None:
+    def items() -> Iterator[int]:
+        yield from range(10)
+        raise Boom("input broke")
+
+    async def job(i: int) -> int:
+        await asyncio.sleep(0.001)
+        return i
+
+    async def main() -> None:
+        got = []
+        async with CoroutineExecutor(max_workers=3) as exe:
+            with pytest.raises(Boom, match="input broke"):
+                async for r in exe.map(job, items()):
+                    got.append(r)
+        s = exe.stats()
+        # Nothing is lost: every started job ended, completed or cancelled.
+        assert s.submitted == 10 == s.completed + s.cancelled, s
+        assert got == list(range(len(got)))
+
+    run(main())
+
+
+def test_map_follows_a_raised_max_workers(run) -> None:
+    peak = running = 0
+
+    async def job(i: int) -> int:
+        nonlocal peak, running
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return i
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=2) as exe:
+            async for r in exe.map(job, range(40)):
+                if r == 0:
+                    exe.max_workers = 6  # the map follows the new limit at once
+        assert peak == 6
+
+    run(main())
+
+
+def test_map_stops_pulling_when_the_executor_shuts_down(run) -> None:
+    pulled = 0
+
+    def items() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield i
+
+    async def job(i: int) -> int:
+        await asyncio.sleep(0.002)
+        return i
+
+    async def main() -> None:
+        got = []
+        async with CoroutineExecutor(max_workers=2) as exe:
+            with pytest.raises(RuntimeError, match="after shutdown"):
+                async for r in exe.map(job, items()):
+                    got.append(r)
+                    if r == 5:
+                        closing = asyncio.create_task(exe.shutdown())
+                        await asyncio.sleep(0)
+            await closing
+        # The jobs started before the shutdown ran to their end; no item after them.
+        assert pulled < 6 + 2 * 2 + 3, pulled
+        assert got[:6] == list(range(6))
+
+    run(main())

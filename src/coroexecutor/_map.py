@@ -67,7 +67,8 @@ async def _map(
 
     Memory: at most ``max_workers`` jobs run, and at most ``max_workers`` finished
     results wait behind a slow one (the reorder buffer); past that the map waits for
-    the oldest job before it pulls more input.
+    the oldest job before it pulls more input.  ``max_workers`` is read as it is now,
+    so a map follows a resized executor.
 
     The map owns its jobs' errors: a job's error is raised from the ``async for`` when
     its turn comes (every earlier result has been yielded), never by the executor's
@@ -75,7 +76,6 @@ async def _map(
     """
     pending: deque[asyncio.Future[Any]] = deque()
     it, sync = _zip_sources(sources)
-    limit = exe._limit
     try:
         if sync:
             # The loop below twice, on purpose: a plain `for` over zip() is the hot
@@ -93,7 +93,7 @@ async def _map(
                 pending.append(handle)
                 while pending and pending[0].done():
                     yield pending.popleft().result()
-                while len(pending) > limit:
+                while len(pending) > exe._limit:  # read each time: max_workers may change
                     yield await pending.popleft()
         else:
             while (args := await _next_args(it)) is not None:
@@ -101,7 +101,7 @@ async def _map(
                 pending.append(handle)
                 while pending and pending[0].done():
                     yield pending.popleft().result()
-                while len(pending) > limit:
+                while len(pending) > exe._limit:
                     yield await pending.popleft()
         while pending:
             yield await pending.popleft()
