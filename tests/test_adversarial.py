@@ -794,20 +794,40 @@ async def _async_gen() -> Any:
 
 
 @pytest.mark.parametrize(
+    ("fn", "match"),
+    [(_not_async, "not awaitable"), (_async_gen, "async generator")],
+    ids=["not_async", "async_generator_function"],
+)
+def test_fn_returning_no_awaitable_is_refused_at_the_call(
+    run, fn: Callable[..., Any], match: str
+) -> None:
+    """A job function that is not async, or is an async generator function, is refused by
+    submit with TypeError (on the fast path and on a full executor); nothing fails."""
+
+    async def main() -> None:
+        for full in (False, True):
+            async with CoroutineExecutor(max_workers=1 if full else 10) as exe:
+                bystander = await exe.submit(asyncio.sleep, 0, "ok")
+                with pytest.raises(TypeError, match=match):
+                    await exe.submit(fn)
+            assert bystander.result() == "ok"
+            assert exe.stats().failed == 0
+            assert me().cancelling() == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize(
     ("fn", "exc_type", "match"),
-    [
-        (_not_async, TypeError, "not awaitable"),
-        (_raises_before_returning_a_coroutine, Boom, "before the coroutine"),
-        (_async_gen, TypeError, "async generator"),
-    ],
-    ids=["not_async", "raises_before_coroutine", "async_generator_function"],
+    [(_raises_before_returning_a_coroutine, Boom, "before the coroutine")],
+    ids=["raises_before_coroutine"],
 )
 def test_bad_fn_fails_that_job_and_fails_fast(
     run, fn: Callable[..., Any], exc_type: type[BaseException], match: str
 ) -> None:
-    """A job function that is not async, raises before returning a coroutine, or is an
-    async generator function fails that job (on the fast path and on a full executor);
-    in fail-fast mode the exit raises that very error and the other jobs are cancelled."""
+    """A job function that raises before returning a coroutine fails that job (on the
+    fast path and on a full executor), as ``concurrent.futures`` does; in fail-fast mode
+    the exit raises that very error and the other jobs are cancelled."""
 
     async def main() -> None:
         for full in (False, True):
@@ -829,9 +849,10 @@ def test_bad_fn_fails_that_job_and_fails_fast(
 
 
 def test_bad_fn_leaks_no_slot_and_warns_nothing(run) -> None:
-    """Every kind of bad job function -- not async, raising before returning a coroutine, an
-    async generator function, a coroutine object (refused by submit with a TypeError naming
-    the mistake, even on a full executor, without waiting, and closed: no "never awaited"
+    """Every kind of bad job function -- not async or an async generator function (refused
+    by submit with a TypeError once its turn comes), raising before returning a coroutine
+    (a job failure), a coroutine object (refused by submit with a TypeError naming the
+    mistake, even on a full executor, without waiting, and closed: no "never awaited"
     warning) -- submitted many times on the fast path and on a full executor leaks no count:
     exactly max_workers jobs still run side by side."""
     w = 3
@@ -839,9 +860,11 @@ def test_bad_fn_leaks_no_slot_and_warns_nothing(run) -> None:
     async def main() -> None:
         async with CoroutineExecutor(max_workers=w, suppress_task_errors=True) as exe:
             for _ in range(2 * w):
-                for fn in (_not_async, _raises_before_returning_a_coroutine, _async_gen):
-                    h = await exe.submit(fn)
-                    assert h.done() and h.exception() is not None
+                h = await exe.submit(_raises_before_returning_a_coroutine)
+                assert h.done() and h.exception() is not None
+                for fn in (_not_async, _async_gen):
+                    with pytest.raises(TypeError, match="not awaitable"):
+                        await exe.submit(fn)
                 with pytest.raises(TypeError, match=r"not submit\(_coro_fn\(x\)\)"):
                     await exe.submit(_coro_fn())  # type: ignore[arg-type]
             await check_capacity(exe, w)
@@ -856,7 +879,8 @@ def test_bad_fn_leaks_no_slot_and_warns_nothing(run) -> None:
             assert not any(p.done() for p in pending)
             gate.set()
             for p in pending:
-                assert isinstance((await p).exception(), TypeError)
+                with pytest.raises(TypeError, match="not awaitable"):
+                    await p
             await check_capacity(exe, w)
         gc.collect()
 

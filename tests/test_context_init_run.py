@@ -115,8 +115,30 @@ def test_initializer_error_fails_the_job(run) -> None:
 def test_initializer_is_validated_at_construction() -> None:
     with pytest.raises(TypeError, match="initializer must be callable"):
         CoroutineExecutor(initializer=42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="initargs must be a tuple"):
-        CoroutineExecutor(initializer=print, initargs=[1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="initargs must be a sequence"):
+        CoroutineExecutor(initializer=print, initargs=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"initargs must be a sequence .* got str 'ab'"):
+        CoroutineExecutor(initializer=print, initargs="ab")
+    with pytest.raises(TypeError, match="initargs must be a sequence"):
+        CoroutineExecutor(initializer=print, initargs={1, 2})  # type: ignore[arg-type]
+
+
+def test_initargs_takes_any_sequence_as_concurrent_futures_does(run) -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def init(*args: int) -> None:
+        seen.append(args)
+
+    async def main() -> None:
+        args = [1, 2, 3]
+        async with CoroutineExecutor(initializer=init, initargs=args) as exe:
+            args.append(4)  # taken at construction, as a tuple
+            await exe.submit(asyncio.sleep, 0)
+        async with CoroutineExecutor(initializer=init, initargs=range(2)) as exe:
+            await exe.submit(asyncio.sleep, 0)
+
+    run(main())
+    assert seen == [(1, 2, 3), (0, 1)]
 
 
 def _loop_module() -> str:

@@ -66,7 +66,10 @@ def test_bad_input_fn_raising_fails_that_job(run) -> None:
     run(main())
 
 
-def test_bad_input_fn_returning_non_awaitable_fails_with_type_error(run) -> None:
+def test_fn_returning_non_awaitable_is_refused_by_submit_and_the_executor_goes_on(run) -> None:
+    """As ``TaskGroup.create_task(1)`` does: TypeError at the call, nothing started, the
+    executor and its other jobs unharmed (the original coroexecutor's own test)."""
+
     def not_async(x: int) -> int:
         return x
 
@@ -74,23 +77,60 @@ def test_bad_input_fn_returning_non_awaitable_fails_with_type_error(run) -> None
         yield 1
 
     async def main() -> None:
-        async with CoroutineExecutor(suppress_task_errors=True) as exe:
-            h1 = await exe.submit(not_async, 3)  # type: ignore[arg-type]
-            h2 = await exe.submit(agen)  # type: ignore[arg-type]
-        assert isinstance(h1.exception(), TypeError)
-        assert "not awaitable" in str(h1.exception())
-        assert isinstance(h2.exception(), TypeError)
-        assert "async generator" in str(h2.exception())
+        async with CoroutineExecutor() as exe:
+            bystander = await exe.submit(asyncio.sleep, 0.01, "still here")
+            with pytest.raises(TypeError, match=r"returned int 3, which is not awaitable"):
+                await exe.submit(not_async, 3)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="async generator"):
+                await exe.submit(agen)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="not awaitable"):
+                exe.submit_nowait(len, "abc")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="not awaitable"):
+                async for _ in exe.map(len, ["abc"]):  # type: ignore[arg-type]
+                    pass
+            after = await exe.submit(asyncio.sleep, 0, "after")
+        assert bystander.result() == "still here"
+        assert after.result() == "after"
+        s = exe.stats()
+        assert (s.submitted, s.completed, s.failed) == (2, 2, 0), s
 
     run(main())
 
 
-def test_bad_input_fn_returning_non_awaitable_fails_fast_by_default(run) -> None:
+def test_fn_returning_non_awaitable_is_refused_on_a_full_executor_and_with_a_wrapper(
+    run,
+) -> None:
+    async def init() -> None:
+        pass
+
     async def main() -> None:
-        with pytest.raises(TypeError, match="not awaitable"):
-            async with CoroutineExecutor() as exe:
+        # Full: the submit waits for its turn, then refuses the function.
+        async with CoroutineExecutor(max_workers=1) as exe:
+            await exe.submit(asyncio.sleep, 0.01)
+            with pytest.raises(TypeError, match="not awaitable"):
                 await exe.submit(len, "abc")  # type: ignore[arg-type]
-                await asyncio.sleep(1)
+            h1 = await exe.submit(asyncio.sleep, 0, 1)
+        # initializer/job_timeout wrap the job: the function is called in its first step.
+        async with CoroutineExecutor(initializer=init, job_timeout=5) as exe:
+            with pytest.raises(TypeError, match="not awaitable"):
+                await exe.submit(len, "abc")  # type: ignore[arg-type]
+            h2 = await exe.submit(asyncio.sleep, 0, 2)
+        assert (h1.result(), h2.result()) == (1, 2)
+
+    run(main())
+
+
+def test_queued_job_whose_fn_returns_non_awaitable_fails_as_a_job(run) -> None:
+    """A queued submit_nowait() job starts after its caller has gone: there is nobody to
+    raise to, so it fails (fail-fast, as any job error) and its handle says why."""
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=1, suppress_task_errors=True) as exe:
+            await exe.submit(asyncio.sleep, 0.01)
+            h = exe.submit_nowait(len, "abc")  # type: ignore[arg-type]
+        assert isinstance(h.exception(), TypeError)
+        assert "not awaitable" in str(h.exception())
+        assert exe.stats().failed == 1
 
     run(main())
 

@@ -38,7 +38,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
-from ._jobs import _BASE_ERRORS, _as_coroutine, _check_fn, _CoroutineType, _State
+from ._jobs import (
+    _BASE_ERRORS,
+    _as_coroutine,
+    _check_fn,
+    _CoroutineType,
+    _NotAwaitable,
+    _State,
+)
 
 try:
     # In the compiled engine (setup.py) this is the compiler's own module, and
@@ -651,6 +658,7 @@ class _Engine:
         its coroutine, with no call into the event loop.
         """
         loop = self._loop
+        queued = handle is not None  # a queued job's caller has gone: nothing to raise to
         if handle is None:
             handle = _Future(loop=loop) if self._plain_futures else loop.create_future()
         try:
@@ -666,6 +674,8 @@ class _Engine:
             self._release()
             if not callable(fn):  # bad input: refused by submit, not a job failure
                 _check_fn(fn, "submit")
+            if type(exc) is _NotAwaitable and not queued:
+                raise TypeError(*exc.args) from None  # the caller's mistake, not a job's
             self._settle_raised(handle, exc, report)
             return handle
         # Typed locals: C field access in the compiled engine (plain names here).
@@ -704,6 +714,10 @@ class _Engine:
             _swap_current_task(loop, prev)
             runner.state = _IDLE
             self._after_eager(runner)
+            if type(exc) is _NotAwaitable and not queued:
+                # The function, called by the initializer/job_timeout wrapper in this
+                # first step, returned something that cannot be awaited.
+                raise TypeError(*exc.args) from None
             self._settle_raised(handle, exc, report)
             return handle
         if ct is not None:

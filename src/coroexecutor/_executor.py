@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
 from ._engine_choice import _Engine
@@ -79,7 +79,7 @@ class CoroutineExecutor(_Engine, _Outcome):
         suppress_task_errors: bool = False,
         timeout: float | None = None,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple[Any, ...] = (),
+        initargs: Sequence[Any] = (),
         copy_context: bool = False,
         job_timeout: float | None = None,
         max_per_second: float | None = None,
@@ -96,8 +96,14 @@ class CoroutineExecutor(_Engine, _Outcome):
                 raise ValueError(f"timeout must be greater than 0 seconds, got {timeout!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
-        if not isinstance(initargs, tuple):
-            raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+        # Any sequence, as concurrent.futures takes; a string is refused, being almost
+        # always initargs="x" written for initargs=("x",).
+        if not isinstance(initargs, Sequence) or isinstance(initargs, (str, bytes)):
+            raise TypeError(
+                f"initargs must be a sequence of arguments (a tuple or a list), "
+                f"got {type(initargs).__name__} {initargs!r}"
+            )
+        initargs = tuple(initargs)
         job_timeout = _positive_number("job_timeout", job_timeout)
         rate = _positive_number("max_per_second", max_per_second)
         if max_pending is not None:

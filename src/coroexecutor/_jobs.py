@@ -15,7 +15,14 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
-__all__ = ("_BASE_ERRORS", "_State", "_as_coroutine", "_check_fn", "_wrapped_job")
+__all__ = (
+    "_BASE_ERRORS",
+    "_NotAwaitable",
+    "_State",
+    "_as_coroutine",
+    "_check_fn",
+    "_wrapped_job",
+)
 
 _CoroutineType: Final = types.CoroutineType
 _BASE_ERRORS: Final = (KeyboardInterrupt, SystemExit)
@@ -50,6 +57,12 @@ async def _wrapped_job(
         return await _as_coroutine(fn, fn(*args, **kwargs))
 
 
+class _NotAwaitable(TypeError):
+    """A job's function returned something that cannot be awaited: a mistake of the
+    caller's, which submit() raises as a TypeError at the call (nothing was started),
+    as ``TaskGroup.create_task`` does, rather than a failure of the executor's jobs."""
+
+
 def _as_coroutine(fn: Any, obj: Any) -> Coroutine[Any, Any, Any]:
     """What a job's function returned, as a coroutine, or a TypeError naming the mistake."""
     if type(obj) is _CoroutineType:
@@ -58,11 +71,11 @@ def _as_coroutine(fn: Any, obj: Any) -> Coroutine[Any, Any, Any]:
         return _await_awaitable(obj)
     if inspect.isasyncgen(obj):
         obj.aclose().close()
-        raise TypeError(
+        raise _NotAwaitable(
             f"{fn!r} returned an async generator, which is not awaitable; "
             "submit a coroutine function (async def ... return)"
         )
-    raise TypeError(
+    raise _NotAwaitable(
         f"{fn!r} returned {type(obj).__name__} {obj!r}, which is not awaitable; "
         "the executor runs coroutine functions (async def) or functions returning awaitables"
     )
