@@ -555,6 +555,27 @@ def test_progress_bar_shows_completed_failed_and_total(
     assert "/30" in err  # the map's length became the total
 
 
+def test_progress_takes_a_total_for_a_submit_loop_and_prints_whole_counts(
+    run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> None:
+        async with CoroutineExecutor(progress=200_000) as exe:
+            for _ in range(200_000):
+                await exe.submit(turns, 0)
+
+    run(main(), debug=False)
+    err = capsys.readouterr().err
+    assert "/200000" in err  # the total: tqdm shows the ETA against it
+    assert "completed=200000" in err
+    assert "e+" not in err  # never 2e+5
+
+
+@pytest.mark.parametrize("bad", ["yes", 0, -5, 1.5, None])
+def test_progress_refuses_a_bad_value(bad: Any) -> None:
+    with pytest.raises(TypeError, match=r"progress must be True, False, or the number of jobs"):
+        CoroutineExecutor(progress=bad)
+
+
 def test_progress_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.delitem(sys.modules, "coroexecutor._progress", raising=False)

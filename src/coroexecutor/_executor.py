@@ -86,7 +86,7 @@ class CoroutineExecutor(_Engine, _Outcome):
         max_pending: int | None = None,
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
-        progress: bool = False,
+        progress: bool | int = False,
     ) -> None:
         _check_max_workers(max_workers)
         if timeout is not None:
@@ -125,11 +125,17 @@ class CoroutineExecutor(_Engine, _Outcome):
         if initializer is not None or job_timeout is not None:
             # Only then does a job get a wrapper coroutine: the plain path pays nothing.
             self._job_factory = functools.partial(_wrapped_job, initializer, initargs, job_timeout)
+        if not isinstance(progress, int) or (type(progress) is not bool and progress <= 0):
+            raise TypeError(
+                "progress must be True, False, or the number of jobs to expect "
+                f"(an int > 0, for the bar's total and ETA), got {progress!r}"
+            )
         self._progress: Any = None
         if progress:
             from ._progress import Progress  # ImportError naming the extra, without tqdm
 
-            self._progress = Progress(self)
+            total = 0 if progress is True else progress
+            self._progress = Progress(self, total)
         self._started_at = time.monotonic()  # the timeout counts from here, or from entry
         self._timer: asyncio.TimerHandle | None = None
 

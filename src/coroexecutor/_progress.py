@@ -1,4 +1,4 @@
-"""progress=True: a live tqdm bar of completed, failed and cancelled jobs and their rate."""
+"""progress=True (or a total): a live tqdm bar of completed, failed and cancelled jobs."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ _REFRESH_S = 0.1  # the bar is redrawn from the executor's counters, not per job
 class Progress:
     """Redraws a bar from ``exe.stats()`` every 0.1 s: no cost per job."""
 
-    def __init__(self, exe: Any) -> None:
+    def __init__(self, exe: Any, total: int = 0) -> None:
         self._exe = exe
-        self._total = 0
+        self._total = total  # 0: unknown until a map of sized inputs adds to it
         self._bar: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -51,8 +51,12 @@ class Progress:
         st = self._exe.stats()
         done = st.completed + st.failed + st.cancelled
         self._bar.update(done - self._bar.n)
+        # As text: tqdm writes a number in its short form, 200000 as 2e+5.
         self._bar.set_postfix(
-            completed=st.completed, failed=st.failed, cancelled=st.cancelled, refresh=False
+            completed=str(st.completed),
+            failed=str(st.failed),
+            cancelled=str(st.cancelled),
+            refresh=False,
         )
         self._bar.refresh()
 
