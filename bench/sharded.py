@@ -44,8 +44,7 @@ from typing import Any
 
 import psutil
 
-from coroexecutor import CoroutineExecutor, run
-from coroexecutor._sharded import ShardedExecutor
+from coroexecutor import CoroutineExecutor, ShardedExecutor, run
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -24,8 +24,7 @@ import psutil
 import pytest
 from tests import sharded_jobs as jobs
 
-from coroexecutor import CoroutineExecutor
-from coroexecutor._sharded import ShardCrashed, ShardedExecutor
+from coroexecutor import CoroutineExecutor, ShardCrashed, ShardedExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -550,7 +549,7 @@ def test_keyboard_interrupt_or_system_exit_in_a_job_propagates(
 CTRL_C_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from coroexecutor._sharded import ShardedExecutor
+    from coroexecutor import ShardedExecutor
     from tests import sharded_jobs as jobs
 
     async def main():
@@ -601,7 +600,7 @@ def test_ctrl_c_stops_every_shard_and_leaves_no_orphan(tmp_path: Path) -> None:
 PARENT_KILLED_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from coroexecutor._sharded import ShardedExecutor
+    from coroexecutor import ShardedExecutor
     from tests import sharded_jobs as jobs
 
     async def main():
@@ -692,3 +691,18 @@ def test_a_few_thousand_jobs_go_through_two_shards(run) -> None:
             await single.submit(jobs.noop)
 
     run(main())
+
+
+def test_import_coroexecutor_loads_no_transport() -> None:
+    """The process transport (and multiprocessing) load when shards start, Ray only for
+    backend="ray": a user of CoroutineExecutor alone pays for neither."""
+    code = (
+        "import sys, coroexecutor\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('ray', 'multiprocessing') or m.startswith('coroexecutor.sharded._'))\n"
+        "print(' '.join(loaded))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert out == ["coroexecutor.sharded._executor", "coroexecutor.sharded._protocol"], out

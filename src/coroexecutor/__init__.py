@@ -10,7 +10,7 @@ Run millions of coroutines with at most ``max_workers`` of them in flight::
 from ._engine_choice import COMPILED
 from ._executor import CoroutineExecutor, ExecutorFull, ExecutorStats
 from ._runner import run
-from ._sharded import ShardCrashed, ShardedExecutor
+from .sharded import ShardCrashed, ShardedExecutor
 
 #: True when the compiled engine runs jobs; False for the pure-Python one (no C compiler
 #: at install, COROEXECUTOR_NO_EXTENSIONS set, or a build older than _engine.py).

@@ -28,8 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from coroexecutor import CoroutineExecutor, run
-from coroexecutor._sharded import ShardedExecutor
+from coroexecutor import CoroutineExecutor, ShardedExecutor, run
 
 from ._model import Histogram, StepConfig, StepResult
 from ._workloads import open_workload, sharded_workload

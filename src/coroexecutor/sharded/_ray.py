@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._sharded import _ShardConfig, _ShardCore, _Transport
+from ._protocol import _ShardConfig, _Transport
+from ._shard import _ShardCore
 
 __all__ = ("_RayTransport", "_ShardActor", "_ensure_ray", "_import_ray")
 

@@ -2,34 +2,8 @@
 
 Each shard is a :class:`CoroutineExecutor` with its own event loop in another process.
 The parent keeps one future (the job's handle) per job in flight and nothing else per
-job; it talks to each shard over a *transport* that carries opaque frames (pickled
-batches of messages) both ways.  Two transports implement the same small interface:
-
-* ``_ProcessTransport`` (here): a ``multiprocessing`` child started with the "spawn"
-  (or "forkserver") method, connected by a Unix socket pair that both ends read with an
-  asyncio protocol: a frame is a 4-byte little-endian length and a pickle.
-* ``_RayTransport`` (``_sharded_ray``): an async Ray actor, fed by actor calls and
-  drained by a long poll.
-
-Both ends of both transports share the rest: the parent side is ``ShardedExecutor``
-(placement, credits, error rules), the shard side is ``_ShardCore`` (it feeds a
-``CoroutineExecutor`` with ``submit_nowait`` and reports outcomes).
-
-Protocol
---------
-parent -> shard, one frame per flush: ``(jobs, defs, cancels, control)``
-
-* ``jobs``: ``[(job_id, fn_id, blob)]``.  ``fn_id >= 0`` names a function sent once per
-  shard in ``defs`` as ``(fn_id, pickle of the function)``; ``blob`` is ``None`` (no
-  arguments) or the pickle of ``(args, kwargs)``.  ``fn_id == -1``: ``blob`` is the pickle
-  of ``(fn, args, kwargs)`` (bound methods, partials).
-* ``cancels``: job ids whose handles were cancelled, or ``None``.
-* ``control``: 0, ``_CANCEL_ALL`` or ``_CLOSE``.
-
-shard -> parent: ``(_READY, pid, capacity)`` once, then ``(_RESULTS, results, running,
-pending)`` with ``results = [(job_id, status, payload)]``: ``_OK`` (payload is the value,
-of a plain type), ``_OK_PICKLED`` (a pickle of it), ``_ERROR`` (a pickle of ``(exception,
-traceback text)``) or ``_CANCELLED``.
+job; it talks to each shard over a *transport* (``_process``, ``_ray``) that carries
+the frames of ``_protocol`` both ways; the shard side is ``_shard._ShardCore``.
 
 Back-pressure
 -------------
@@ -45,17 +19,6 @@ import asyncio
 import contextlib
 import enum
 import functools
-import importlib
-import inspect
-import os
-import pickle
-import signal
-import socket
-import struct
-import sys
-import threading
-import time
-import traceback
 import types
 from collections import deque
 from collections.abc import (
@@ -66,652 +29,41 @@ from collections.abc import (
     Callable,
     Iterable,
 )
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar
 
-from ._executor import CoroutineExecutor, ExecutorStats, _positive_number
-from ._map import _next_args, _open_sources
-from ._outcome import _Outcome
+from .._executor import ExecutorStats, _positive_number
+from .._jobs import _BASE_ERRORS
+from .._map import _next_args, _open_sources
+from .._outcome import _Outcome
+from ._protocol import (
+    _BATCH,
+    _CANCEL_ALL,
+    _CANCELLED,
+    _CLOSE,
+    _NO_KWARGS,
+    _OK,
+    _OK_PICKLED,
+    _PROTOCOL,
+    _RESULTS,
+    ShardCrashed,
+    _check_job_fn,
+    _describe,
+    _dumps,
+    _load_exception,
+    _loads,
+    _pickle_error,
+    _ShardConfig,
+    _Transport,
+)
 
-if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
-
-__all__ = ("ShardCrashed", "ShardedExecutor")
+__all__ = ("ShardedExecutor",)
 
 T = TypeVar("T")
 
 _CancelledError: Final = asyncio.CancelledError
-_BASE_ERRORS: Final = (KeyboardInterrupt, SystemExit)
 _future_cancel: Final = asyncio.Future.cancel  # cancel a handle without telling its shard
-
-_dumps: Final = pickle.dumps
-_loads: Final = pickle.loads
-_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
-_HEADER: Final = struct.Struct("<I")
-
-# How many jobs (or results) go in one frame at most; a frame is also sent at the end
-# of every loop turn that produced something.  A shard's capacity is max_workers plus
-# min(max_workers, _BATCH): one batch may wait in its queue while max_workers run.
-_BATCH: Final = 512
-
-# Frame kinds and result statuses.
-_READY: Final = 1
-_RESULTS: Final = 0
-_OK: Final = 0
-_OK_PICKLED: Final = 1
-_ERROR: Final = 2
-_CANCELLED: Final = 3
-_CANCEL_ALL: Final = 1
-_CLOSE: Final = 2
-
-# Results of these exact types travel inside the frame's own pickle.
-_PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes})
-
-_NO_KWARGS: Final[dict[str, Any]] = {}  # never mutated
-
 _START_TIMEOUT: Final = 120.0  # a shard must say it is ready within this
 _CLOSE_GRACE: Final = 5.0  # after asking a shard to close: then SIGTERM, then SIGKILL
-
-
-class ShardCrashed(RuntimeError):
-    """A shard's process (or Ray actor) died: each job that was in flight on it fails
-    with this error."""
-
-    def __init__(
-        self,
-        message: str,
-        shard: int | None = None,
-        pid: int | None = None,
-        exitcode: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.shard = shard
-        self.pid = pid
-        self.exitcode = exitcode
-
-    def __reduce__(self) -> Any:
-        return (type(self), (str(self), self.shard, self.pid, self.exitcode))
-
-
-class _RemoteTraceback(Exception):
-    """The traceback of a job's exception, as formatted in its shard."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-# ---------------------------------------------------------------------- validation
-def _describe(fn: Any) -> str:
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if isinstance(module, str) and isinstance(qualname, str):
-        return f"{module}.{qualname}"
-    return repr(fn)
-
-
-def _importable_target(fn: Any) -> Any:
-    """The function that must be importable by module and qualname for ``fn`` to be."""
-    target = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    if inspect.ismethod(target):
-        target = target.__func__
-    return target
-
-
-def _check_job_fn(fn: Any, what: str) -> None:
-    """TypeError unless ``fn`` is a coroutine function a shard can import by name."""
-    if inspect.iscoroutine(fn):
-        name = getattr(fn, "__qualname__", "f")
-        fn.close()  # no "never awaited" warning
-        raise TypeError(
-            f"{what}() takes a coroutine function and its arguments, not a coroutine: "
-            f"write {what}({name}, x), not {what}({name}(x))"
-        )
-    if not callable(fn):
-        raise TypeError(f"{what}() needs a coroutine function, got {fn!r}")
-    target = _importable_target(fn)
-    module = getattr(target, "__module__", None)
-    qualname = getattr(target, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(
-            f"{what}(): {fn!r} has no module and qualified name: a shard imports each "
-            "job function by module:qualname, so jobs must be module-level "
-            "coroutine functions (async def)"
-        )
-    if "<lambda>" in qualname:
-        raise TypeError(
-            f"{what}(): {module}.{qualname} is a lambda: a shard imports each job "
-            "function by module:qualname; define the job with `async def` at module level"
-        )
-    if "<locals>" in qualname:
-        raise TypeError(
-            f"{what}(): {module}.{qualname} is defined inside a function (a closure or "
-            "local function): a shard imports each job function by module:qualname; "
-            "move it to module level"
-        )
-    if not inspect.iscoroutinefunction(fn):
-        raise TypeError(
-            f"{what}(): {_describe(target)} is not a coroutine function: ShardedExecutor "
-            "runs `async def` functions"
-        )
-    if module == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__"):
-        raise TypeError(
-            f"{what}(): {qualname} is defined in an interactive session (__main__ has "
-            "no file): shard processes cannot import it; put it in a module"
-        )
-    try:
-        found: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except Exception as err:
-        raise TypeError(
-            f"{what}(): {module}:{qualname} cannot be imported ({err!r}): a shard "
-            "imports each job function by module:qualname"
-        ) from None
-    if getattr(found, "__func__", found) is not target:
-        raise TypeError(
-            f"{what}(): importing {module}:{qualname} gives {found!r}, not {fn!r}: a "
-            "shard imports each job function by module:qualname, so the job must be "
-            "the object bound to that name"
-        )
-
-
-def _pickle_error(fn: Any, err: BaseException) -> TypeError:
-    return TypeError(
-        f"the arguments of job {_describe(_importable_target(fn))} cannot be pickled to "
-        f"send them to a shard: {err!r}"
-    )
-
-
-# ---------------------------------------------------------------------- outcomes
-def _dump_exception(exc: BaseException) -> bytes:
-    """Pickle ``(exc, traceback text)``; if ``exc`` does not survive pickling, a
-    RuntimeError carrying its repr and traceback instead."""
-    tb = "".join(traceback.format_exception(exc))
-    try:
-        blob = _dumps((exc, tb), _PROTOCOL)
-        _loads(blob)  # a pickle that cannot be loaded is no better than none
-        return blob
-    except BaseException as err:
-        stand_in = RuntimeError(
-            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc!r} "
-            f"(the job's exception could not be pickled: {err!r})\n{tb}"
-        )
-        return _dumps((stand_in, tb), _PROTOCOL)
-
-
-def _load_exception(blob: bytes) -> BaseException:
-    try:
-        exc, tb = _loads(blob)
-    except BaseException as err:
-        return RuntimeError(f"a job's exception could not be unpickled: {err!r}")
-    if isinstance(exc, BaseException):
-        exc.__cause__ = _RemoteTraceback(tb)
-        return exc
-    return RuntimeError(f"a shard reported a non-exception as an error: {exc!r}")
-
-
-def _outcome(jid: int, value: Any) -> tuple[int, int, Any]:
-    """A job's result, as it travels: inline when plain, else pickled on its own."""
-    if type(value) in _PLAIN:
-        return (jid, _OK, value)
-    try:
-        return (jid, _OK_PICKLED, _dumps(value, _PROTOCOL))
-    except Exception as err:
-        error = TypeError(
-            f"the job's result {value!r:.200} cannot be pickled to send it back from its "
-            f"shard: {err!r}"
-        )
-        return (jid, _ERROR, _dump_exception(error))
-
-
-class _BadFunction:
-    """A job function its shard failed to unpickle: each job of it fails with that."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.blob = _dump_exception(error)
-
-
-# ---------------------------------------------------------------------- shard side
-class _ShardConfig:
-    """What a shard needs to know; pickled into the shard process or Ray actor."""
-
-    __slots__ = ("capacity", "index", "job_timeout", "max_workers", "uvloop")
-
-    def __init__(
-        self,
-        index: int,
-        max_workers: int,
-        job_timeout: float | None,
-        capacity: int,
-        uvloop: bool | None,
-    ) -> None:
-        self.index = index
-        self.max_workers = max_workers
-        self.job_timeout = job_timeout
-        self.capacity = capacity
-        self.uvloop = uvloop
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return (self.index, self.max_workers, self.job_timeout, self.capacity, self.uvloop)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.index, self.max_workers, self.job_timeout, self.capacity, self.uvloop) = state
-
-
-class _ShardCore:
-    """The shard end of either transport: runs jobs in a CoroutineExecutor.
-
-    ``on_frame`` takes a parent frame; ``send`` (set by the transport) takes a frame for
-    the parent.  ``serve`` runs the executor until the parent asks to close (or is gone).
-
-    Jobs beyond ``max_workers`` wait in the shard's own backlog (at most one batch, by
-    the parent's credits) and go to the executor only when a worker is free, so its
-    ``submit_nowait`` always starts them at once.  Each job runs inside ``_run``, which
-    reports its outcome itself: no done callback per job.
-    """
-
-    def __init__(self, config: _ShardConfig, send: Callable[[bytes], None]) -> None:
-        self.config = config
-        self.send = send
-        # The shard never fails fast on its own: the parent applies the error rules.
-        # job_timeout is applied by _run, with the asyncio.timeout the executor would use.
-        self.exe = CoroutineExecutor(config.max_workers, suppress_task_errors=True)
-        self.limit = config.max_workers
-        self.job_timeout = config.job_timeout
-        self.fns: dict[int, Any] = {}
-        self.active = 0  # jobs given to the executor and not ended
-        self.backlog: deque[int] = deque()  # job ids waiting for a worker, in order
-        self.waiting: dict[int, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {}
-        self.handles: dict[int, asyncio.Future[Any]] = {}  # running jobs, to cancel them
-        self.current = -1  # the job whose _run started last
-        self.out: list[tuple[int, int, Any]] = []
-        self.turn_scheduled = False
-        self.loop = asyncio.get_running_loop()
-        self.stop: asyncio.Future[bool] = self.loop.create_future()  # True: parent gone
-
-    async def serve(self) -> None:
-        async with self.exe:
-            self.send(_dumps((_READY, os.getpid(), self.config.capacity), _PROTOCOL))
-            parent_gone = await self.stop
-            if parent_gone:
-                self.send = _ignore
-                self.cancel_all()
-        # Every job has ended and reported itself; send what is left.
-        self.flush()
-
-    def parent_lost(self) -> None:
-        if not self.stop.done():
-            self.stop.set_result(True)
-
-    def on_frame(self, data: bytes | memoryview) -> None:
-        jobs, defs, cancels, control = _loads(data)
-        fns = self.fns
-        if defs:
-            for fid, blob in defs:
-                try:
-                    fns[fid] = _loads(blob)
-                except BaseException as err:
-                    err.add_note(f"(shard {self.config.index} could not import the job function)")
-                    fns[fid] = _BadFunction(err)
-        out = self.out
-        waiting = self.waiting
-        backlog = self.backlog
-        for jid, fid, blob in jobs:
-            try:
-                if fid >= 0:
-                    fn = fns[fid]
-                    if type(fn) is _BadFunction:
-                        out.append((jid, _ERROR, fn.blob))
-                        continue
-                    if blob is None:
-                        args: tuple[Any, ...] = ()
-                        kwargs: dict[str, Any] = _NO_KWARGS
-                    else:
-                        args, kwargs = _loads(blob)
-                else:
-                    fn, args, kwargs = _loads(blob)
-            except Exception as err:
-                out.append((jid, _ERROR, _dump_exception(err)))
-                continue
-            if self.active < self.limit and not backlog:
-                self._start(jid, fn, args, kwargs)
-            else:
-                backlog.append(jid)
-                waiting[jid] = (fn, args, kwargs)
-        if cancels:
-            for jid in cancels:
-                if waiting.pop(jid, None) is not None:
-                    out.append((jid, _CANCELLED, None))  # never started
-                else:
-                    found = self.handles.get(jid)
-                    if found is not None:
-                        found.cancel()
-        if control == _CANCEL_ALL:
-            self.cancel_all()
-        elif control == _CLOSE and not self.stop.done():
-            self.stop.set_result(False)
-        if out:
-            self.flush()
-
-    def cancel_all(self) -> None:
-        for jid in self.waiting:
-            self.out.append((jid, _CANCELLED, None))
-        self.waiting.clear()
-        self.backlog.clear()
-        for handle in list(self.handles.values()):
-            handle.cancel()
-
-    def _start(self, jid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.active += 1
-        handle = self.exe.submit_nowait(self._run, jid, fn, args, kwargs)
-        if not handle.done():
-            self.handles[jid] = handle
-            if self.current != jid:  # pragma: no cover - queued by the executor after all
-                handle.add_done_callback(functools.partial(self._never_ran, jid))
-
-    def _never_ran(self, jid: int, handle: asyncio.Future[Any]) -> None:
-        if self.handles.pop(jid, None) is not None:  # _run did not report it: it never ran
-            self._ended((jid, _CANCELLED, None))
-
-    async def _run(self, jid: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """One job, reporting its own outcome (KeyboardInterrupt and SystemExit too: the
-        parent decides what they do; the shard goes on)."""
-        self.current = jid
-        try:
-            if self.job_timeout is None:
-                value = await fn(*args, **kwargs)
-            else:
-                async with asyncio.timeout(self.job_timeout):
-                    value = await fn(*args, **kwargs)
-        except _CancelledError:
-            self.handles.pop(jid, None)
-            self._ended((jid, _CANCELLED, None))
-            raise
-        except (Exception, KeyboardInterrupt, SystemExit) as exc:
-            self.handles.pop(jid, None)
-            self._ended((jid, _ERROR, _dump_exception(exc)))
-            return
-        self.handles.pop(jid, None)
-        self._ended(_outcome(jid, value))
-
-    def _ended(self, result: tuple[int, int, Any]) -> None:
-        self.active -= 1
-        out = self.out
-        out.append(result)
-        if len(out) >= _BATCH:
-            self.flush()
-        if not self.turn_scheduled:
-            self.turn_scheduled = True
-            self.loop.call_soon(self._end_of_turn)
-
-    def _end_of_turn(self) -> None:
-        """Once per loop turn with ended jobs: start jobs from the backlog (their workers
-        are free now), then send the outcomes."""
-        self.turn_scheduled = False
-        backlog = self.backlog
-        waiting = self.waiting
-        while backlog and self.active < self.limit:
-            jid = backlog.popleft()
-            job = waiting.pop(jid, None)
-            if job is not None:
-                self._start(jid, *job)
-        self.flush()
-
-    def flush(self) -> None:
-        if self.out:
-            out = self.out
-            self.out = []
-            self.send(_dumps((_RESULTS, out, self.active, len(self.waiting)), _PROTOCOL))
-
-
-def _ignore(data: bytes) -> None:
-    pass
-
-
-# ---------------------------------------------------------------------- framing
-class _FrameProtocol(asyncio.Protocol):
-    """Length-prefixed frames over a stream; each complete frame goes to ``on_frame``."""
-
-    def __init__(
-        self,
-        on_frame: Callable[[bytes | memoryview], None],
-        on_lost: Callable[[BaseException | None], None],
-    ) -> None:
-        self.on_frame = on_frame
-        self.on_lost = on_lost
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        size = len(buf)
-        pos = 0
-        frames: list[bytes] = []
-        while size - pos >= 4:
-            (length,) = _HEADER.unpack_from(buf, pos)
-            end = pos + 4 + length
-            if end > size:
-                break
-            frames.append(bytes(buf[pos + 4 : end]))
-            pos = end
-        if pos:
-            del buf[:pos]
-        for frame in frames:
-            self.on_frame(frame)
-
-    def eof_received(self) -> bool:
-        return False  # close our end too; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.on_lost(exc)
-
-    def send(self, frame: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(_HEADER.pack(len(frame)) + frame)
-
-
-# ---------------------------------------------------------------------- process shard
-def _watch_parent() -> None:
-    """Exit if the parent process dies and the loop does not notice (a job hogging it)."""
-    import multiprocessing.connection
-
-    parent = multiprocessing.parent_process()
-    if parent is None:  # pragma: no cover - we are always started by multiprocessing
-        return
-    sentinel = parent.sentinel
-
-    def watch() -> None:
-        multiprocessing.connection.wait([sentinel])
-        time.sleep(2.0)  # the loop's own shutdown (socket EOF) normally wins
-        os._exit(70)
-
-    threading.Thread(target=watch, name="coroexecutor-parent-watch", daemon=True).start()
-
-
-def _shard_process_main(sock: socket.socket, config: _ShardConfig) -> None:
-    """The shard process: serve jobs until the parent closes the connection."""
-    # Ctrl-C in a terminal signals the whole process group: the parent decides what
-    # happens to the jobs, and stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _watch_parent()
-    from ._runner import run
-
-    run(_serve_process(sock, config), uvloop=config.uvloop)
-
-
-async def _serve_process(sock: socket.socket, config: _ShardConfig) -> None:
-    loop = asyncio.get_running_loop()
-    core = _ShardCore(config, _ignore)
-    gone: asyncio.Future[None] = loop.create_future()
-
-    def on_lost(exc: BaseException | None) -> None:
-        core.parent_lost()
-        if not gone.done():
-            gone.set_result(None)
-
-    transport, protocol = await loop.create_unix_connection(
-        lambda: _FrameProtocol(core.on_frame, on_lost), sock=sock
-    )
-    core.send = protocol.send
-    try:
-        await core.serve()
-    finally:
-        transport.close()
-        await gone
-
-
-# ---------------------------------------------------------------------- transports
-class _Transport:
-    """How the parent reaches one shard.  Frames are opaque bytes both ways."""
-
-    pid: int | None = None
-
-    async def start(
-        self,
-        on_frame: Callable[[bytes | memoryview], None],
-        on_lost: Callable[[BaseException | None], None],
-    ) -> None:
-        """Start the shard; frames then go to ``on_frame``, the end to ``on_lost``."""
-        raise NotImplementedError
-
-    def send(self, frame: bytes) -> None:
-        raise NotImplementedError
-
-    async def describe_loss(self, exc: BaseException | None) -> tuple[str, int | None]:
-        """After ``on_lost``: why the shard is gone, and its exit code if known."""
-        raise NotImplementedError
-
-    async def close(self, grace: float) -> None:
-        """After the close frame: wait up to ``grace`` for the shard to end, then stop it."""
-        raise NotImplementedError
-
-    def kill(self) -> None:
-        """Stop the shard now (synchronous; for error paths)."""
-        raise NotImplementedError
-
-
-def _exit_description(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exit code {code}"
-
-
-class _ProcessTransport(_Transport):
-    def __init__(self, config: _ShardConfig, start_method: str) -> None:
-        import multiprocessing  # here: `import coroexecutor` does not pay for it
-
-        self.config = config
-        self.ctx: Any = multiprocessing.get_context(start_method)
-        self.proc: BaseProcess | None = None
-        self.transport: asyncio.BaseTransport | None = None
-        self.protocol: _FrameProtocol | None = None
-        self.lost: asyncio.Future[None] | None = None
-
-    async def start(
-        self,
-        on_frame: Callable[[bytes | memoryview], None],
-        on_lost: Callable[[BaseException | None], None],
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        self.lost = lost = loop.create_future()
-
-        def lost_cb(exc: BaseException | None) -> None:
-            if not lost.done():
-                lost.set_result(None)
-            on_lost(exc)
-
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            proc = self.ctx.Process(
-                target=_shard_process_main,
-                args=(theirs, self.config),
-                name=f"coroexecutor-shard-{self.config.index}",
-                daemon=True,  # multiprocessing's exit handler terminates it if we forget
-            )
-            proc.start()
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()  # the child has its copy; EOF must mean the child is gone
-        self.proc = proc
-        self.pid = proc.pid
-        try:
-            self.transport, self.protocol = await loop.create_unix_connection(
-                lambda: _FrameProtocol(on_frame, lost_cb), sock=ours
-            )
-        except BaseException:
-            ours.close()
-            raise
-
-    def send(self, frame: bytes) -> None:
-        protocol = self.protocol
-        if protocol is not None:
-            protocol.send(frame)
-
-    async def _wait_exit(self, limit: float) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        deadline = time.monotonic() + limit
-        delay = 0.001
-        while proc.exitcode is None and time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return proc.exitcode
-
-    async def describe_loss(self, exc: BaseException | None) -> tuple[str, int | None]:
-        code = await self._wait_exit(2.0)
-        return _exit_description(code), code
-
-    async def close(self, grace: float) -> None:
-        try:
-            if self.lost is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(grace):
-                        await asyncio.shield(self.lost)
-            if await self._wait_exit(grace) is None and self.proc is not None:
-                self.proc.terminate()
-                if await self._wait_exit(1.0) is None:
-                    self.proc.kill()
-                    await self._wait_exit(5.0)
-        finally:
-            self._release()
-
-    def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.exitcode is None:
-            proc.kill()
-            proc.join(5.0)
-        self._release()
-
-    def _release(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-        self.protocol = None
-        proc = self.proc
-        if proc is not None and proc.exitcode is not None:
-            self.proc = None
-            proc.join()
-            proc.close()
 
 
 # ---------------------------------------------------------------------- parent side
@@ -830,7 +182,7 @@ class ShardedExecutor(_Outcome):
         if ray_actor_options is not None and not isinstance(ray_actor_options, dict):
             raise TypeError(f"ray_actor_options must be a dict or None, got {ray_actor_options!r}")
         if backend == "ray":
-            from ._sharded_ray import _import_ray
+            from ._ray import _import_ray
 
             _import_ray()  # ImportError naming the extra, now rather than at start
         elif ray_address is not None or ray_actor_options is not None:
@@ -1055,16 +407,19 @@ class ShardedExecutor(_Outcome):
         await shard.ready
 
     def _new_transport(self, config: _ShardConfig) -> _Transport:
+        # Each transport is imported when first used: `import coroexecutor` loads neither.
         if self._backend == "ray":
-            from ._sharded_ray import _RayTransport
+            from ._ray import _RayTransport
 
             return _RayTransport(config, self._ray_address, self._ray_actor_options)
+        from ._process import _ProcessTransport
+
         return _ProcessTransport(config, self._start_method)
 
     async def _start_shards(self) -> None:
         loop = self._loop
         if self._backend == "ray":
-            from ._sharded_ray import _ensure_ray
+            from ._ray import _ensure_ray
 
             _ensure_ray(self._ray_address)
         uvloop = None
