@@ -706,3 +706,34 @@ def test_import_coroexecutor_loads_no_transport() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.split()
     assert out == ["coroexecutor.sharded._executor", "coroexecutor.sharded._protocol"], out
+
+
+NO_MAIN_GUARD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio
+    from coroexecutor import ShardedExecutor
+    from tests import sharded_jobs as jobs
+
+    async def main():
+        async with ShardedExecutor(2, max_workers=4) as exe:
+            await exe.submit(jobs.sleep_echo, 0)
+
+    asyncio.run(main())   # no `if __name__ == "__main__":`
+    """
+)
+
+
+def test_script_without_main_guard_is_told_in_one_line_what_to_add(tmp_path: Path) -> None:
+    script = tmp_path / "no_guard.py"
+    script.write_text(NO_MAIN_GUARD_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: coroexecutor: this script starts a ShardedExecutor")
+    assert last.endswith('under if __name__ == "__main__":')
+    # not multiprocessing's page of tracebacks from each shard
+    assert "An attempt has been made to start a new process" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 40, proc.stderr

@@ -40,7 +40,9 @@ from ._protocol import (
     _CANCEL_ALL,
     _CANCELLED,
     _CLOSE,
+    _EXIT_NO_MAIN_GUARD,
     _NO_KWARGS,
+    _NO_MAIN_GUARD,
     _OK,
     _OK_PICKLED,
     _PROTOCOL,
@@ -406,6 +408,16 @@ class ShardedExecutor(_Outcome):
         assert shard.ready is not None
         await shard.ready
 
+    async def _lacks_main_guard(self) -> bool:
+        """Whether a shard process ended at start because the user's script, which it
+        imported, starts shards itself (no ``if __name__ == "__main__":``)."""
+        for shard in self._shards:
+            if shard.transport.pid is not None and not shard.alive:
+                _, code = await shard.transport.describe_loss(None)
+                if code == _EXIT_NO_MAIN_GUARD:
+                    return True
+        return False
+
     def _new_transport(self, config: _ShardConfig) -> _Transport:
         # Each transport is imported when first used: `import coroexecutor` loads neither.
         if self._backend == "ray":
@@ -433,6 +445,8 @@ class ShardedExecutor(_Outcome):
                 for shard in self._shards:
                     group.create_task(self._start_one(shard))
         except BaseExceptionGroup as group_error:
+            if await self._lacks_main_guard():
+                raise RuntimeError(_NO_MAIN_GUARD) from None
             raise group_error.exceptions[0] from None
         for shard in self._shards:
             if not shard.alive:

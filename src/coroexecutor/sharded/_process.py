@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import (
@@ -20,11 +21,17 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any
 
-from ._protocol import _FrameProtocol, _ShardConfig, _Transport
+from ._protocol import (
+    _EXIT_NO_MAIN_GUARD,
+    _NO_MAIN_GUARD,
+    _FrameProtocol,
+    _ShardConfig,
+    _Transport,
+)
+from ._shard import _ignore, _ShardCore
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
-from ._shard import _ignore, _ShardCore
 
 
 # ---------------------------------------------------------------------- process shard
@@ -113,6 +120,13 @@ class _ProcessTransport(_Transport):
                 lost.set_result(None)
             on_lost(exc)
 
+        if getattr(self.ctx.current_process(), "_inheriting", False):
+            # We are a shard process, importing the user's script to start (as spawn
+            # does), and the script starts shards at import: it lacks the __main__
+            # guard.  Say so in one line (not multiprocessing's page of tracebacks,
+            # once per shard) and let the parent tell it by the exit code.
+            print(_NO_MAIN_GUARD, file=sys.stderr, flush=True)
+            os._exit(_EXIT_NO_MAIN_GUARD)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = self.ctx.Process(

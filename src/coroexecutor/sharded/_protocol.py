@@ -58,6 +58,16 @@ _CANCELLED: Final = 3
 _CANCEL_ALL: Final = 1
 _CLOSE: Final = 2
 
+# A shard process that finds the user's script starting shards while the process
+# imports it (spawn imports __main__ again in each child) exits with this code, after
+# saying on stderr, in this one line, what to add.
+_EXIT_NO_MAIN_GUARD: Final = 3
+_NO_MAIN_GUARD: Final = (
+    "coroexecutor: this script starts a ShardedExecutor when it is imported, and each "
+    "shard process imports it again; put the code that starts it under "
+    'if __name__ == "__main__":'
+)
+
 # Results of these exact types travel inside the frame's own pickle.
 _PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes})
 
