@@ -201,28 +201,49 @@ async def measure(
     config: StepConfig, report: Callable[[dict[str, Any]], None] | None = None
 ) -> StepResult:
     """Run the step in the running loop and measure it."""
-    loop = asyncio.get_running_loop()
-    perf = time.perf_counter
-    cpu = time.process_time
-    latency = Histogram()
-    waited = WaitClock()
-    gate = _Gate()
-    probe = _LagProbe(gate, waited)
-    kinds: collections.Counter[str] = collections.Counter()
+    return await _Step(config, report).run()
 
-    def on_error(handle: asyncio.Future[Any], exc: BaseException) -> None:
-        if gate.on:
-            kinds[getattr(exc, "kind", None) or type(exc).__name__] += 1
 
-    sharded = config.shards > 1
-    shard_peaks: dict[int, float] = {}
-    async with contextlib.AsyncExitStack() as stack:
-        lat_add = latency.add
-        exe: Any
-        submit: Callable[[Any, Any], Awaitable[Any]]
-        if sharded:
+class _Step:
+    """One measured step: the executor and its job, the clocks, and the figures.
+
+    ``run()`` goes through the phases in order: ``_submit_all()`` feeds jobs until the
+    job or time budget is spent (the ramp of the first ``max_workers`` starts is timed
+    apart, and the warm-up is forgotten by ``_warm()``); the executor's exit drains
+    what still runs, cancelling it ``grace`` after the budget; ``_result()`` turns the
+    snapshots taken at the window's two ends into a StepResult.
+    """
+
+    def __init__(self, config: StepConfig, report: Callable[[dict[str, Any]], None] | None) -> None:
+        self.config = config
+        self.report = report
+        self.loop = asyncio.get_running_loop()
+        self.latency = Histogram()
+        self.waited = WaitClock()
+        self.gate = _Gate()  # whether jobs ending now are counted
+        self.probe = _LagProbe(self.gate, self.waited)
+        self.kinds: collections.Counter[str] = collections.Counter()  # failures by kind
+        self.sharded = config.shards > 1
+        self.shard_peaks: dict[int, float] = {}
+        self.exe: Any = None
+        self.progress_timer: asyncio.TimerHandle | None = None
+        self.warm_timer: asyncio.TimerHandle | None = None
+        self.ended_by = "duration"
+        self.ramp_s = 0.0
+
+    # ------------------------------------------------------------------ the executor
+    def _on_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:
+        if self.gate.on:
+            self.kinds[getattr(exc, "kind", None) or type(exc).__name__] += 1
+
+    async def _executor(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[Callable[[Any, Any], Awaitable[Any]], Any, Any]:
+        """The executor for this step: (submit, its first argument, the items)."""
+        config, perf, add = self.config, time.perf_counter, self.latency.add
+        if self.sharded:
             job, items = sharded_workload(config)
-            exe = ShardedExecutor(
+            exe = self.exe = ShardedExecutor(
                 shards=config.shards,
                 max_workers=config.max_workers,
                 suppress_task_errors=True,
@@ -232,10 +253,10 @@ async def measure(
             def ended(t0: float, handle: asyncio.Future[Any]) -> None:
                 # A job's latency here runs from its submit to its outcome's arrival.
                 exc = None if handle.cancelled() else handle.exception()
-                if gate.on:
-                    lat_add(perf() - t0)
+                if self.gate.on:
+                    add(perf() - t0)
                     if exc is not None:
-                        on_error(handle, exc)
+                        self._on_error(handle, exc)
 
             async def submit_sharded(_: Any, args: Any) -> Any:
                 t0 = perf()
@@ -243,170 +264,189 @@ async def measure(
                 handle.add_done_callback(functools.partial(ended, t0))
                 return handle
 
-            submit = submit_sharded
-            first: Any = None
-        else:
-            fn, items = await stack.enter_async_context(open_workload(config))
+            return submit_sharded, None, items
 
-            async def timed(item: Any) -> Any:
-                t0 = perf()
-                try:
-                    return await fn(item)
-                finally:
-                    if gate.on:
-                        lat_add(perf() - t0)
+        fn, items = await stack.enter_async_context(open_workload(config))
 
-            exe = CoroutineExecutor(
-                config.max_workers,
-                suppress_task_errors=True,
-                job_timeout=config.job_timeout,
-                on_error=on_error,
-            )
-            submit = exe.submit
-            first = timed
+        async def timed(item: Any) -> Any:
+            t0 = perf()
+            try:
+                return await fn(item)
+            finally:
+                if self.gate.on:
+                    add(perf() - t0)
 
-        def sample_shards() -> None:
-            if sharded:
-                for pid in exe.shard_pids:
-                    if pid is not None:
-                        shard_peaks[pid] = max(shard_peaks.get(pid, 0.0), _peak_rss_of(pid))
+        self.exe = CoroutineExecutor(
+            config.max_workers,
+            suppress_task_errors=True,
+            job_timeout=config.job_timeout,
+            on_error=self._on_error,
+        )
+        return self.exe.submit, timed, items
 
-        def snap() -> _Snap:
-            st = exe.stats()
+    # ------------------------------------------------------------------ clocks
+    def _snap(self) -> _Snap:
+        st = self.exe.stats()
+        done = st.completed + st.failed + st.cancelled
+        shard_cpu = children_cpu() if self.sharded else 0.0
+        return _Snap(
+            time.perf_counter(), time.process_time(), done, st.completed, self.waited(), shard_cpu
+        )
+
+    def _sample_shards(self) -> None:
+        if self.sharded:
+            for pid in self.exe.shard_pids:
+                if pid is not None:
+                    self.shard_peaks[pid] = max(self.shard_peaks.get(pid, 0.0), _peak_rss_of(pid))
+
+    def _warm(self) -> None:
+        # Forget the start-up: the window opens now.  (A step that ends before this
+        # keeps all it measured.)
+        self.window_start = self._snap()
+        for h in (self.latency, self.probe.lag, self.probe.own):
+            h.clear()
+        self.kinds.clear()
+
+    def _progress(self) -> None:
+        self._sample_shards()
+        if self.report is not None:
+            st = self.exe.stats()
             done = st.completed + st.failed + st.cancelled
-            shard_cpu = children_cpu() if sharded else 0.0
-            return _Snap(perf(), cpu(), done, st.completed, waited(), shard_cpu)
+            elapsed = time.perf_counter() - self.start.t
+            self.report({"t": elapsed, "jobs": done, "running": st.running})
+        self.progress_timer = self.loop.call_later(self.config.progress_every, self._progress)
 
-        probe_task = loop.create_task(probe.run())
-        rss_start = current_rss_mb()
-        start = window_start = snap()
-        gate.on = True
-        end: _Snap | None = None
+    # ------------------------------------------------------------------ phases
+    async def run(self) -> StepResult:
+        async with contextlib.AsyncExitStack() as stack:
+            submit, first, items = await self._executor(stack)
+            probe_task = self.loop.create_task(self.probe.run())
+            self.rss_start = current_rss_mb()
+            self.start = self.window_start = self._snap()
+            self.gate.on = True
+            self.end: _Snap | None = None
+            self.progress_timer = self.loop.call_later(self.config.progress_every, self._progress)
+            self.stopped_at = self.start.t
+            self.cut = 0
+            try:
+                # `hard` bounds the drain: what still runs `grace` after the time
+                # budget is cancelled (and counted as cut).
+                async with asyncio.timeout(None) as hard, self.exe:
+                    await self._submit_all(submit, first, items, hard)
+            except TimeoutError:
+                self.cut = self.exe.stats().cancelled
+            self.drained_at = time.perf_counter()
+            if self.end is None:  # the job budget ended the step: count until its last job
+                self.probe.finish()
+                self.end = self._snap()
+            self.gate.on = False
+            for timer in (self.warm_timer, self.progress_timer):
+                if timer is not None:
+                    timer.cancel()
+            probe_task.cancel()
+            await asyncio.wait([probe_task])
+            self.waited.close()
+        return self._result()
 
-        def warm() -> None:
-            # Forget the start-up: the window opens now.  (A step that ends before
-            # this keeps all it measured.)
-            nonlocal window_start
-            window_start = snap()
-            for h in (latency, probe.lag, probe.own):
-                h.clear()
-            kinds.clear()
+    async def _submit_all(
+        self,
+        submit: Callable[[Any, Any], Awaitable[Any]],
+        first: Any,
+        items: Any,
+        hard: asyncio.Timeout,
+    ) -> None:
+        """Submit until the job or time budget is spent.
 
-        progress_timer: asyncio.TimerHandle | None = None
-
-        def progress() -> None:
-            nonlocal progress_timer
-            sample_shards()
-            if report is not None:
-                st = exe.stats()
-                done = st.completed + st.failed + st.cancelled
-                report({"t": perf() - start.t, "jobs": done, "running": st.running})
-            progress_timer = loop.call_later(config.progress_every, progress)
-
-        progress_timer = loop.call_later(config.progress_every, progress)
-        warm_timer: asyncio.TimerHandle | None = None
-        ended_by = "duration"
+        Both clocks start once the first max_workers jobs have started: each starts
+        inside submit(), so that ramp can keep the loop busy for seconds at large
+        max_workers, and is reported apart (ramp_s) rather than eaten into the budget.
+        """
+        config, loop, perf = self.config, self.loop, time.perf_counter
         budget = config.jobs if config.jobs is not None else -1
         to_ramp = config.max_workers * config.shards
-        ramp_s = 0.0
         deadline = math.inf
-        stopped_at = start.t
-        cut = 0
         try:
-            # `hard` bounds the drain: what still runs `grace` after the time budget is
-            # cancelled (and counted as cut).  Both clocks start once the first
-            # max_workers jobs have started: each starts inside submit(), so that ramp
-            # can keep the loop busy for seconds at large max_workers, and is reported
-            # apart (ramp_s) rather than eaten into the budget.
-            async with asyncio.timeout(None) as hard, exe:
-                try:
-                    # `soft` stops a submit blocked behind slow jobs; the clock check
-                    # stops a run of jobs that never suspend (and so never let the
-                    # timeout's callback run).
-                    async with asyncio.timeout(None) as soft:
-                        for item in items:
-                            await submit(first, item)
-                            if to_ramp:
-                                to_ramp -= 1
-                                if not to_ramp:
-                                    ramp_s = perf() - start.t
-                                    deadline = perf() + config.duration
-                                    soft.reschedule(loop.time() + config.duration)
-                                    hard.reschedule(loop.time() + config.duration + config.grace)
-                                    warm_timer = loop.call_later(config.warmup, warm)
-                            budget -= 1
-                            if budget == 0:
-                                ended_by = "jobs"
-                                break
-                            if perf() >= deadline:
-                                break
-                except TimeoutError:
-                    pass
-                stopped_at = perf()
-                sample_shards()
-                if to_ramp:  # the job budget ran out before max_workers jobs started
-                    ramp_s = stopped_at - start.t
-                    hard.reschedule(loop.time() + config.duration + config.grace)
-                if ended_by == "duration":
-                    probe.finish()
-                    end = snap()
-                    gate.on = False
+            # `soft` stops a submit blocked behind slow jobs; the clock check stops a
+            # run of jobs that never suspend (and so never let the timeout's callback run).
+            async with asyncio.timeout(None) as soft:
+                for item in items:
+                    await submit(first, item)
+                    if to_ramp:
+                        to_ramp -= 1
+                        if not to_ramp:
+                            self.ramp_s = perf() - self.start.t
+                            deadline = perf() + config.duration
+                            soft.reschedule(loop.time() + config.duration)
+                            hard.reschedule(loop.time() + config.duration + config.grace)
+                            self.warm_timer = loop.call_later(config.warmup, self._warm)
+                    budget -= 1
+                    if budget == 0:
+                        self.ended_by = "jobs"
+                        break
+                    if perf() >= deadline:
+                        break
         except TimeoutError:
-            cut = exe.stats().cancelled
-        drained_at = perf()
-        if end is None:  # the job budget ended the step: count until its last job ended
-            probe.finish()
-            end = snap()
-        gate.on = False
-        for timer in (warm_timer, progress_timer):
-            if timer is not None:
-                timer.cancel()
-        probe_task.cancel()
-        await asyncio.wait([probe_task])
-        waited.close()
+            pass
+        self.stopped_at = perf()
+        self._sample_shards()
+        if to_ramp:  # the job budget ran out before max_workers jobs started
+            self.ramp_s = self.stopped_at - self.start.t
+            hard.reschedule(loop.time() + config.duration + config.grace)
+        if self.ended_by == "duration":
+            self.probe.finish()
+            self.end = self._snap()
+            self.gate.on = False
 
-    window = end.t - window_start.t
-    jobs = end.finished - window_start.finished
-    ok = end.completed - window_start.completed
-    shard_cpu_s = end.shard_cpu - window_start.shard_cpu
-    cpu_s = end.cpu - window_start.cpu + shard_cpu_s
-    wait_s = end.wait - window_start.wait
-    if cut:
-        kinds["cut after the grace period"] += cut
-    peak, source = peak_rss_mb()
-    return StepResult(
-        max_workers=config.max_workers,
-        shards=config.shards,
-        ended_by=ended_by,
-        window_s=window,
-        jobs=jobs,
-        jobs_per_s=jobs / window if window > 0 else 0.0,
-        ok_per_s=ok / window if window > 0 else 0.0,
-        failed=jobs - ok,
-        failure_kinds=dict(kinds),
-        latency_mean_s=latency.mean,
-        latency_p50_s=latency.quantile(0.50),
-        latency_p95_s=latency.quantile(0.95),
-        latency_p99_s=latency.quantile(0.99),
-        latency_max_s=latency.max,
-        cpu_pct=100.0 * cpu_s / window if window > 0 else 0.0,
-        shard_cpu_pct=100.0 * shard_cpu_s / window if window > 0 else 0.0,
-        cpu_per_job_s=cpu_s / jobs if jobs else 0.0,
-        cpu_wait_pct=100.0 * wait_s / window if window > 0 else 0.0,
-        rss_start_mb=rss_start,
-        peak_rss_mb=peak,
-        shard_peak_rss_mb=sum(shard_peaks.values()),
-        rss_source=source,
-        lag_p50_s=probe.lag.quantile(0.50),
-        lag_p99_s=probe.lag.quantile(0.99),
-        lag_max_s=probe.lag.max,
-        own_lag_p99_s=probe.own.quantile(0.99),
-        total_jobs=snap().finished,
-        cut=cut,
-        drain_s=drained_at - stopped_at,
-        ramp_s=ramp_s,
-        loop=type(loop).__module__.partition(".")[0],
-    )
+    def _result(self) -> StepResult:
+        """The figures of the window between the warm-up's end and the budget's."""
+        config, start, end, probe = self.config, self.window_start, self.end, self.probe
+        assert end is not None
+        window = end.t - start.t
+        jobs = end.finished - start.finished
+        ok = end.completed - start.completed
+        shard_cpu_s = end.shard_cpu - start.shard_cpu
+        cpu_s = end.cpu - start.cpu + shard_cpu_s
+        wait_s = end.wait - start.wait
+        if self.cut:
+            self.kinds["cut after the grace period"] += self.cut
+        peak, source = peak_rss_mb()
+
+        def per_s(x: float) -> float:
+            return x / window if window > 0 else 0.0
+
+        return StepResult(
+            max_workers=config.max_workers,
+            shards=config.shards,
+            ended_by=self.ended_by,
+            window_s=window,
+            jobs=jobs,
+            jobs_per_s=per_s(jobs),
+            ok_per_s=per_s(ok),
+            failed=jobs - ok,
+            failure_kinds=dict(self.kinds),
+            latency_mean_s=self.latency.mean,
+            latency_p50_s=self.latency.quantile(0.50),
+            latency_p95_s=self.latency.quantile(0.95),
+            latency_p99_s=self.latency.quantile(0.99),
+            latency_max_s=self.latency.max,
+            cpu_pct=100.0 * per_s(cpu_s),
+            shard_cpu_pct=100.0 * per_s(shard_cpu_s),
+            cpu_per_job_s=cpu_s / jobs if jobs else 0.0,
+            cpu_wait_pct=100.0 * per_s(wait_s),
+            rss_start_mb=self.rss_start,
+            peak_rss_mb=peak,
+            shard_peak_rss_mb=sum(self.shard_peaks.values()),
+            rss_source=source,
+            lag_p50_s=probe.lag.quantile(0.50),
+            lag_p99_s=probe.lag.quantile(0.99),
+            lag_max_s=probe.lag.max,
+            own_lag_p99_s=probe.own.quantile(0.99),
+            total_jobs=self._snap().finished,
+            cut=self.cut,
+            drain_s=self.drained_at - self.stopped_at,
+            ramp_s=self.ramp_s,
+            loop=type(self.loop).__module__.partition(".")[0],
+        )
 
 
 def _raise_fd_limit(needed: int) -> None:
