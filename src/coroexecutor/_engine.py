@@ -40,6 +40,7 @@ from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
 from ._jobs import (
     _BASE_ERRORS,
+    _NO_KWARGS,
     _as_coroutine,
     _check_fn,
     _CoroutineType,
@@ -500,6 +501,15 @@ class _Engine:
         if self._interval is not None:
             await self._wait_for_turn()
         return self._start(fn, args, kwargs, report)
+
+    async def _submit_for_map(self, fn: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """map()'s submit when the fast path is shut: its jobs' errors are the map's."""
+        return await self._submit_slow(fn, args, _NO_KWARGS, False)
+
+    @property
+    def _max_in_flight(self) -> int:
+        """How many jobs run at once at most: map()'s reorder buffer holds as many."""
+        return self._limit
 
     async def _wait_for_turn(self) -> None:
         """Rate limit: wait, holding our count, until 1 / rate after the last start.

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 __all__ = (
     "_BASE_ERRORS",
+    "_NO_KWARGS",
     "_NotAwaitable",
     "_State",
     "_as_coroutine",
@@ -26,6 +27,7 @@ __all__ = (
 
 _CoroutineType: Final = types.CoroutineType
 _BASE_ERRORS: Final = (KeyboardInterrupt, SystemExit)
+_NO_KWARGS: Final[dict[str, Any]] = {}  # a job's kwargs when it has none; never mutated
 
 
 class _State(enum.Enum):

@@ -1,4 +1,12 @@
-"""map() and map_unordered(): lazy async generators on top of the engine's submit."""
+"""map() and map_unordered() of both executors: lazy async generators over submit.
+
+One copy for CoroutineExecutor and ShardedExecutor.  What they need of an executor:
+``_submit_for_map(fn, args)`` (submit, waiting for room; the job's errors belong to the
+map, not to fail-fast) and ``_max_in_flight`` (how many jobs can run at once: the reorder
+buffer's bound).  On CoroutineExecutor's engine, with sync input, the loops below take
+the engine's fast path inline (``_running < _cap``, then ``_start``): a measured
+specialisation, the hot path of map.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,22 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ._engine_choice import _Engine
+from ._jobs import _NO_KWARGS
+
 if TYPE_CHECKING:
-    from ._engine import _Engine
+    from typing import Protocol
+
+    class _MapTarget(Protocol):
+        @property
+        def _max_in_flight(self) -> int: ...
+
+        async def _submit_for_map(
+            self, fn: Callable[..., Any], args: tuple[Any, ...]
+        ) -> asyncio.Future[Any]: ...
+
 
 __all__ = ("_map", "_map_unordered", "_next_args", "_open_sources")
-
-_NO_KWARGS: dict[str, Any] = {}
 
 
 def _open_sources(what: str, iterables: tuple[Any, ...]) -> list[Any]:
@@ -54,14 +72,12 @@ def _drop(sources: list[Any]) -> None:
     sources.clear()
 
 
-async def _submit(
-    exe: _Engine, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> asyncio.Future[Any]:
-    return await exe._submit_slow(fn, args, _NO_KWARGS, False)
+async def _read_args(it: Any, sync: bool) -> tuple[Any, ...] | None:
+    return next(it, None) if sync else await _next_args(it)
 
 
 async def _map(
-    exe: _Engine, fn: Callable[..., Any], sources: list[Any]
+    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any]
 ) -> AsyncGenerator[Any, None]:
     """Submit one job per zipped item and yield the results in input order.
 
@@ -77,31 +93,30 @@ async def _map(
     pending: deque[asyncio.Future[Any]] = deque()
     it, sync = _zip_sources(sources)
     try:
-        if sync:
+        if sync and isinstance(exe, _Engine):
             # The loop below twice, on purpose: a plain `for` over zip() is the hot
-            # path of map (FOR_ITER, no call per item); async input needs an await.
+            # path of map (FOR_ITER, no call per item); the general one needs an await.
             for args in it:
                 # submit()'s fast path, inlined.
                 if exe._running < exe._cap:
                     exe._running += 1
                     handle = exe._start(fn, args, _NO_KWARGS, False)
                 else:
-                    handle = await _submit(exe, fn, args)
+                    handle = await exe._submit_for_map(fn, args)
                 if not pending and handle.done():
                     yield handle.result()
                     continue
                 pending.append(handle)
                 while pending and pending[0].done():
                     yield pending.popleft().result()
-                while len(pending) > exe._limit:  # read each time: max_workers may change
+                while len(pending) > exe._max_in_flight:  # read each time: it may change
                     yield await pending.popleft()
         else:
-            while (args := await _next_args(it)) is not None:
-                handle = await _submit(exe, fn, args)
-                pending.append(handle)
+            while (args := await _read_args(it, sync)) is not None:
+                pending.append(await exe._submit_for_map(fn, args))
                 while pending and pending[0].done():
                     yield pending.popleft().result()
-                while len(pending) > exe._limit:
+                while len(pending) > exe._max_in_flight:
                     yield await pending.popleft()
         while pending:
             yield await pending.popleft()
@@ -114,7 +129,7 @@ async def _map(
 
 
 async def _map_unordered(
-    exe: _Engine, fn: Callable[..., Any], sources: list[Any]
+    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any]
 ) -> AsyncGenerator[Any, None]:
     """Submit one job per zipped item; yield each result as its job ends.
 
@@ -135,19 +150,20 @@ async def _map_unordered(
             wake[0].set_result(None)
 
     it, sync = _zip_sources(sources)
+    engine = exe if isinstance(exe, _Engine) else None  # its fast path, inlined below
     exhausted = False
     try:
         while True:
             if not exhausted:
-                args = next(it, None) if sync else await _next_args(it)
+                args = await _read_args(it, sync)
                 if args is None:
                     exhausted = True
                 else:
-                    if exe._running < exe._cap:
-                        exe._running += 1
-                        handle = exe._start(fn, args, _NO_KWARGS, False)
+                    if engine is not None and engine._running < engine._cap:
+                        engine._running += 1
+                        handle = engine._start(fn, args, _NO_KWARGS, False)
                     else:
-                        handle = await _submit(exe, fn, args)
+                        handle = await exe._submit_for_map(fn, args)
                     if handle.done():
                         finished.append(handle)
                     else:

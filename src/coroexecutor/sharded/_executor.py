@@ -22,7 +22,6 @@ import functools
 import types
 from collections import deque
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -32,8 +31,8 @@ from collections.abc import (
 from typing import Any, Final, Literal, TypeVar
 
 from .._executor import ExecutorStats, _positive_number
-from .._jobs import _BASE_ERRORS
-from .._map import _next_args, _open_sources
+from .._jobs import _BASE_ERRORS, _NO_KWARGS
+from .._map import _map, _map_unordered, _open_sources
 from .._outcome import _Outcome
 from ._protocol import (
     _BATCH,
@@ -41,7 +40,6 @@ from ._protocol import (
     _CANCELLED,
     _CLOSE,
     _EXIT_NO_MAIN_GUARD,
-    _NO_KWARGS,
     _NO_MAIN_GUARD,
     _OK,
     _OK_PICKLED,
@@ -811,6 +809,15 @@ class ShardedExecutor(_Outcome):
             shard.transport.kill()
         self._live = []
 
+    async def _submit_for_map(self, fn: Any, args: tuple[Any, ...]) -> _Handle:
+        """map()'s submit: its jobs' errors are the map's, not fail-fast's."""
+        return await self._submit(fn, args, _NO_KWARGS, False)
+
+    @property
+    def _max_in_flight(self) -> int:
+        """How many jobs the shards hold at once: map()'s reorder buffer holds as many."""
+        return self._nshards * self._capacity
+
     def _map_input(
         self, what: str, fn: Any, iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...]
     ) -> list[Any]:
@@ -821,66 +828,3 @@ class ShardedExecutor(_Outcome):
         if not known:
             self._register(fn, what)
         return _open_sources(what, iterables)
-
-
-# ---------------------------------------------------------------------- map
-async def _map(exe: ShardedExecutor, fn: Any, sources: list[Any]) -> AsyncGenerator[Any, None]:
-    """Ordered map: the map owns its jobs' errors (raised in turn, not fail-fast)."""
-    pending: deque[asyncio.Future[Any]] = deque()
-    limit = exe._nshards * exe._capacity
-    try:
-        while (args := await _next_args(sources)) is not None:
-            pending.append(await exe._submit(fn, args, _NO_KWARGS, False))
-            while pending and pending[0].done():
-                yield pending.popleft().result()
-            while len(pending) > limit:
-                yield await pending.popleft()
-        while pending:
-            yield await pending.popleft()
-    finally:
-        for handle in pending:
-            handle.cancel()
-        sources.clear()
-
-
-async def _map_unordered(
-    exe: ShardedExecutor, fn: Any, sources: list[Any]
-) -> AsyncGenerator[Any, None]:
-    """Results as jobs end; the first error (in that order) is raised, the rest cancelled."""
-    loop = asyncio.get_running_loop()
-    finished: deque[asyncio.Future[Any]] = deque()
-    unfinished: set[asyncio.Future[Any]] = set()
-    wake: list[asyncio.Future[None]] = []
-
-    def on_done(handle: asyncio.Future[Any]) -> None:
-        unfinished.discard(handle)
-        finished.append(handle)
-        if wake and not wake[0].done():
-            wake[0].set_result(None)
-
-    exhausted = False
-    try:
-        while True:
-            if not exhausted:
-                args = await _next_args(sources)
-                if args is None:
-                    exhausted = True
-                else:
-                    job = await exe._submit(fn, args, _NO_KWARGS, False)
-                    unfinished.add(job)
-                    job.add_done_callback(on_done)
-            while finished:
-                yield finished.popleft().result()
-            if exhausted:
-                if not unfinished:
-                    break
-                wake.append(loop.create_future())
-                try:
-                    await wake[0]
-                finally:
-                    wake.clear()
-    finally:
-        for handle in unfinished:
-            handle.remove_done_callback(on_done)
-            handle.cancel()
-        sources.clear()

@@ -71,8 +71,6 @@ _NO_MAIN_GUARD: Final = (
 # Results of these exact types travel inside the frame's own pickle.
 _PLAIN: Final = frozenset({type(None), bool, int, float, str, bytes})
 
-_NO_KWARGS: Final[dict[str, Any]] = {}  # never mutated
-
 
 class ShardCrashed(RuntimeError):
     """A shard's process (or Ray actor) died: each job that was in flight on it fails

@@ -12,13 +12,13 @@ from collections.abc import (
 from typing import Any
 
 from .._executor import CoroutineExecutor
+from .._jobs import _NO_KWARGS
 from ._protocol import (
     _BATCH,
     _CANCEL_ALL,
     _CANCELLED,
     _CLOSE,
     _ERROR,
-    _NO_KWARGS,
     _PROTOCOL,
     _READY,
     _RESULTS,
