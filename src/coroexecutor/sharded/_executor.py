@@ -283,14 +283,9 @@ class ShardedExecutor(_Outcome):
             except Exception as err:
                 raise _pickle_error(fn, err) from err
         if self._state is _State.OPEN and not self._waiters:
-            best = None
-            most = 0
-            for shard in self._live:
-                if shard.credits > most:
-                    best = shard
-                    most = shard.credits
+            best = self._least_loaded()
             if best is not None:
-                best.credits = most - 1
+                best.credits -= 1
                 return self._place(best, fid, blob, report)
         return self._place(await self._wait_for_credit(), fid, blob, report)
 
