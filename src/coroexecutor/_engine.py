@@ -480,7 +480,7 @@ class _Engine:
             self._bind()
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
-        self._check_open()
+        self._check_open()  # type: ignore[attr-defined]
         if self._running < self._limit and not self._waiters:
             self._running += 1
         else:
@@ -497,7 +497,7 @@ class _Engine:
                     parent.counted = True
                 return handle
             if not await self._wait_for_count():
-                self._check_open()
+                self._check_open()  # type: ignore[attr-defined]
         if self._interval is not None:
             await self._wait_for_turn()
         return self._start(fn, args, kwargs, report)
@@ -527,7 +527,7 @@ class _Engine:
                 raise
         if self._state is not _OPEN:
             self._release()
-            self._check_open()
+            self._check_open()  # type: ignore[attr-defined]
         self._last_start = loop.time()
 
     def submit_nowait(
@@ -548,12 +548,12 @@ class _Engine:
             self._bind()
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
-        self._check_open()
+        self._check_open()  # type: ignore[attr-defined]
         if self._running < self._limit and not self._waiters and self._interval is None:
             self._running += 1
             return self._start(fn, args, kwargs, True)
         if self._max_pending is not None and self._pending >= self._max_pending:
-            raise self._full_error()
+            raise self._full_error()  # type: ignore[attr-defined]
         handle: asyncio.Future[Any] = self._loop.create_future()
         job = _Queued(fn, args, kwargs, handle, True)
         handle.add_done_callback(self._queued_handle_done)
@@ -623,10 +623,6 @@ class _Engine:
                 self._release()  # handed a count just as we were cancelled: pass it on
             raise
         return fut.result() is None
-
-    def _check_open(self) -> None:
-        if self._state is not _OPEN:
-            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _release(self) -> None:
         """A counted job ended: free its count, and hand free counts on, FIFO."""
@@ -957,8 +953,8 @@ class _Engine:
                 return
             # It failed while unwinding: that error goes to on_error and errors="group",
             # but for fail-fast the job was cancelled, which is what caused it.
-            self._job_error(handle, exc)
-            self._job_failed(exc, report, after_cancel=True)
+            self._job_error(handle, exc)  # type: ignore[attr-defined]
+            self._job_failed(exc, report, after_cancel=True)  # type: ignore[attr-defined]
             return
         elif isinstance(exc, _CancelledError):
             handle.cancel(*exc.args[:1])
@@ -967,8 +963,8 @@ class _Engine:
             handle.set_exception(exc)
             handle.exception()  # raised at exit or kept on the handle: never "never retrieved"
             self._failed += 1
-            self._job_error(handle, exc)
-        self._job_failed(exc, report)
+            self._job_error(handle, exc)  # type: ignore[attr-defined]
+        self._job_failed(exc, report)  # type: ignore[attr-defined]
         if isinstance(exc, _BASE_ERRORS):
             raise exc
 
@@ -1009,21 +1005,15 @@ class _Engine:
         self._free.clear()
 
     # ------------------------------------------------------------------ hooks
+    # CoroutineExecutor provides _full_error(), and from _lifecycle (shared with
+    # ShardedExecutor) _check_open(), _job_failed() and _job_error(); the engine calls
+    # them on its slow paths.  They are not declared here, not even for the type
+    # checker under TYPE_CHECKING: Cython compiles a def in a class body whatever the
+    # `if` around it, and the stub would shadow the real method.
     _max_pending: int | None
 
-    def _full_error(self) -> Exception:
-        raise NotImplementedError
-
-    def _job_failed(self, exc: BaseException, report: bool, after_cancel: bool = False) -> None:
-        """A job raised or was cancelled; ``after_cancel``: it raised ``exc`` while
-        unwinding from a cancellation of its handle."""
-        raise NotImplementedError
-
-    def _job_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:
-        """A job failed with ``exc`` (not a cancellation): the on_error hook."""
-
     def _job_cancelled_by_handle(self, report: bool) -> None:
-        self._job_failed(_CancelledError(), report)
+        self._job_failed(_CancelledError(), report)  # type: ignore[attr-defined]
 
 
 def _plain_create_future(loop: asyncio.AbstractEventLoop) -> bool:

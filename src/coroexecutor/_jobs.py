@@ -31,6 +31,11 @@ _NO_KWARGS: Final[dict[str, Any]] = {}  # a job's kwargs when it has none; never
 
 
 class _State(enum.Enum):
+    """An executor's life; both executors go through these (CoroutineExecutor is OPEN
+    from its construction: it binds to a loop on first use instead of starting)."""
+
+    NEW = "new"  # ShardedExecutor: its shards have not been started
+    STARTING = "starting"  # ShardedExecutor: its shards are starting
     OPEN = "open"
     CLOSING = "closing"  # no new jobs; running jobs go on
     CLOSED = "closed"  # every job and every worker has ended

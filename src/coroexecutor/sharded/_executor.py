@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import types
 from collections import deque
@@ -27,13 +26,13 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Sequence,
 )
 from typing import Any, Final, Literal, TypeVar
 
-from .._executor import ExecutorStats, _positive_number
-from .._jobs import _BASE_ERRORS, _NO_KWARGS
-from .._map import _map, _map_unordered, _open_sources
-from .._outcome import _Outcome
+from .._jobs import _NO_KWARGS, _State
+from .._lifecycle import ExecutorStats, _check_count, _Lifecycle, _Options
+from .._map import _map, _map_unordered
 from ._protocol import (
     _BATCH,
     _CANCEL_ALL,
@@ -119,26 +118,10 @@ class _Shard:
         self.ready: asyncio.Future[None] | None = None
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    STARTING = "starting"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
 _NO_SHARD_LEFT: Final = object()  # a blocked submitter's wake-up: every shard is dead
 
 
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {value!r}")
-    return value
-
-
-class ShardedExecutor(_Outcome):
+class ShardedExecutor(_Lifecycle):
     """Run importable coroutine functions over ``shards`` processes (or Ray actors).
 
     Each shard is a ``CoroutineExecutor(max_workers)`` on its own event loop (uvloop when
@@ -162,16 +145,40 @@ class ShardedExecutor(_Outcome):
         suppress_task_errors: bool = False,
         timeout: float | None = None,
         job_timeout: float | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Sequence[Any] = (),
+        errors: Literal["first", "group"] = "first",
+        on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
+        progress: bool | int = False,
         start_method: Literal["spawn", "forkserver"] = "spawn",
         ray_address: str | None = None,
         ray_actor_options: dict[str, Any] | None = None,
     ) -> None:
-        self._nshards = _count("shards", shards)
-        self._max_workers = _count("max_workers", max_workers)
+        self._nshards = _check_count("shards", shards)
+        self._max_workers = _check_count("max_workers", max_workers)
         if backend not in ("process", "ray"):
             raise ValueError(f'backend must be "process" or "ray", got {backend!r}')
-        self._timeout = _positive_number("timeout", timeout)
-        self._job_timeout = _positive_number("job_timeout", job_timeout)
+        options = _Options.check(
+            suppress_task_errors=suppress_task_errors,
+            timeout=timeout,
+            job_timeout=job_timeout,
+            initializer=initializer,
+            initargs=initargs,
+            errors=errors,
+            on_error=on_error,
+            progress=progress,
+        )
+        if options.initializer is not None:
+            # It runs in the shards, before each job, as CoroutineExecutor's does: they
+            # import it by name, and its arguments travel pickled.
+            _check_job_fn(options.initializer, "initializer")
+            try:
+                _dumps(options.initargs, _PROTOCOL)
+            except Exception as err:
+                raise TypeError(
+                    f"initargs cannot be pickled to send them to the shards: {err!r}"
+                ) from err
+        self._job_timeout = options.job_timeout
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f'start_method must be "spawn" or "forkserver" (not "fork": the parent '
@@ -191,7 +198,6 @@ class ShardedExecutor(_Outcome):
         self._start_method = start_method
         self._ray_address = ray_address
         self._ray_actor_options = dict(ray_actor_options or {})
-        self._suppress = bool(suppress_task_errors)
         self._capacity = self._max_workers + min(self._max_workers, _BATCH)
 
         self._state = _State.NEW
@@ -215,7 +221,7 @@ class ShardedExecutor(_Outcome):
 
         self._timer: asyncio.TimerHandle | None = None
         self._aborting = False
-        self._init_outcome()
+        self._init_lifecycle(options)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -349,14 +355,8 @@ class ShardedExecutor(_Outcome):
     def __reduce__(self) -> Any:
         raise TypeError(f"{type(self).__name__} cannot be pickled (nor sent to a shard)")
 
-    def __repr__(self) -> str:
-        st = self.stats()
-        return (
-            f"<ShardedExecutor backend={self._backend} shards={self._nshards} "
-            f"state={self._state.value} max_workers={self._max_workers} "
-            f"submitted={st.submitted} pending={st.pending} running={st.running} "
-            f"completed={st.completed} failed={st.failed} cancelled={st.cancelled}>"
-        )
+    def _repr_fields(self) -> str:
+        return f"backend={self._backend} shards={self._nshards} "
 
     # ------------------------------------------------------------------ startup
     async def _ensure_started(self) -> None:
@@ -387,6 +387,8 @@ class ShardedExecutor(_Outcome):
             raise
         self._state = _State.OPEN
         self._starting.set_result(None)
+        if self._progress is not None:
+            self._progress.start(loop)
         if self._timeout is not None:
             # From when the shards are up: starting them (seconds on a Ray cluster) is
             # not the jobs' time.
@@ -429,7 +431,15 @@ class ShardedExecutor(_Outcome):
             _ensure_ray(self._ray_address)
         uvloop = None
         for i in range(self._nshards):
-            config = _ShardConfig(i, self._max_workers, self._job_timeout, self._capacity, uvloop)
+            config = _ShardConfig(
+                i,
+                self._max_workers,
+                self._job_timeout,
+                self._capacity,
+                uvloop,
+                self._options.initializer,
+                self._options.initargs,
+            )
             shard = _Shard(self, i, self._new_transport(config))
             shard.ready = loop.create_future()
             self._shards.append(shard)
@@ -544,10 +554,6 @@ class ShardedExecutor(_Outcome):
             best.credits -= 1
             waiters.popleft().set_result(best)
 
-    def _check_open(self) -> None:
-        if self._state is not _State.OPEN:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-
     # ------------------------------------------------------------------ sending
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -649,6 +655,7 @@ class ShardedExecutor(_Outcome):
         handle.set_exception(exc)
         handle.exception()  # raised at exit or kept on the handle: never "never retrieved"
         self._failed += 1
+        self._job_error(handle, exc)
         self._job_failed(exc, handle._report)
 
     def _check_drained(self) -> None:
@@ -730,22 +737,6 @@ class ShardedExecutor(_Outcome):
                 shard.control = _CANCEL_ALL
         self._schedule_flush()
 
-    def _job_failed(self, exc: BaseException, report: bool) -> None:
-        if isinstance(exc, _BASE_ERRORS):
-            if self._base_error is None:
-                self._base_error = exc
-            self._abort(exc)
-        elif self._aborting and isinstance(exc, _CancelledError):
-            return  # one of the cancellations we asked for
-        elif report and not self._suppress and self._state is not _State.CLOSED:
-            self._abort(exc)
-
-    def _on_timeout(self) -> None:
-        self._timer = None
-        if self._state is _State.CLOSED:
-            return
-        self._abort(TimeoutError(f"{self!r} timed out after {self._timeout} s"))
-
     async def _finish(self) -> BaseException | None:
         """Wait until every job has ended, then stop the shards.
 
@@ -767,6 +758,8 @@ class ShardedExecutor(_Outcome):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._progress is not None:
+            self._progress.close()
         try:
             await self._stop_shards()
             closing = self._closing_task  # shutdown(wait=False)'s: let it end too
@@ -813,13 +806,10 @@ class ShardedExecutor(_Outcome):
         """How many jobs the shards hold at once: map()'s reorder buffer holds as many."""
         return self._nshards * self._capacity
 
-    def _map_input(
-        self, what: str, fn: Any, iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...]
-    ) -> list[Any]:
+    def _check_map_fn(self, fn: Any, what: str) -> None:
         try:
             known = self._fids.get(fn) is not None
         except TypeError:
             known = False
         if not known:
             self._register(fn, what)
-        return _open_sources(what, iterables)

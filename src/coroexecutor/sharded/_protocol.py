@@ -239,7 +239,15 @@ class _BadFunction:
 class _ShardConfig:
     """What a shard needs to know; pickled into the shard process or Ray actor."""
 
-    __slots__ = ("capacity", "index", "job_timeout", "max_workers", "uvloop")
+    __slots__ = (
+        "capacity",
+        "index",
+        "initargs",
+        "initializer",
+        "job_timeout",
+        "max_workers",
+        "uvloop",
+    )
 
     def __init__(
         self,
@@ -248,18 +256,23 @@ class _ShardConfig:
         job_timeout: float | None,
         capacity: int,
         uvloop: bool | None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         self.index = index
         self.max_workers = max_workers
         self.job_timeout = job_timeout
         self.capacity = capacity
         self.uvloop = uvloop
+        self.initializer = initializer  # run in the shard before each job
+        self.initargs = initargs
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.index, self.max_workers, self.job_timeout, self.capacity, self.uvloop)
+        return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.index, self.max_workers, self.job_timeout, self.capacity, self.uvloop) = state
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
 
 
 # ---------------------------------------------------------------------- framing

@@ -48,7 +48,12 @@ class _ShardCore:
         self.send = send
         # The shard never fails fast on its own: the parent applies the error rules.
         # job_timeout is applied by _run, with the asyncio.timeout the executor would use.
-        self.exe = CoroutineExecutor(config.max_workers, suppress_task_errors=True)
+        self.exe = CoroutineExecutor(
+            config.max_workers,
+            suppress_task_errors=True,
+            initializer=config.initializer,
+            initargs=config.initargs,
+        )
         self.limit = config.max_workers
         self.job_timeout = config.job_timeout
         self.fns: dict[int, Any] = {}

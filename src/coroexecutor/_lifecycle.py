@@ -1,0 +1,362 @@
+"""The life of an executor, one copy for CoroutineExecutor and ShardedExecutor.
+
+After asyncio.TaskGroup: a job failure (fail-fast) or the executor's deadline cancels
+every job and the body; the first failure wins; a cancellation that came from outside
+propagates while ours is taken back; KeyboardInterrupt and SystemExit beat everything.
+Also here, once: the options both executors take and their validation, the states, the
+on_error hook, the deadline, ``repr``, and map()'s input.  The executors differ in how
+they cancel their jobs and wait for them, which they provide as ``_cancel_all()`` and
+``_finish()``, and in how they check a job function (``_check_map_fn``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._jobs import _BASE_ERRORS, _State
+from ._map import _open_sources
+
+__all__ = ("ExecutorStats", "_Lifecycle", "_Options", "_check_count", "_positive_number")
+
+_CancelledError = asyncio.CancelledError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutorStats:
+    """A snapshot of an executor's job counts (see ``CoroutineExecutor.stats()``).
+
+    ``submitted == pending + running + completed + failed + cancelled`` always.
+    """
+
+    submitted: int
+    pending: int  # queued by submit_nowait(), not started yet
+    running: int  # started and not ended (a job is counted once it first suspends)
+    completed: int
+    failed: int
+    cancelled: int
+    max_workers: int
+
+
+# ---------------------------------------------------------------------- options
+def _positive_number(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or None, got {value!r}")
+    if not value > 0 or math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number greater than 0, got {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Options:
+    """The options both executors take, checked once, here."""
+
+    suppress_task_errors: bool
+    timeout: float | None  # seconds; float("inf") is no deadline at all
+    job_timeout: float | None
+    initializer: Callable[..., Any] | None
+    initargs: tuple[Any, ...]
+    max_per_second: float | None
+    max_pending: int | None
+    group: bool  # errors="group"
+    on_error: Callable[[asyncio.Future[Any], BaseException], object] | None
+    progress: int | None  # None: no bar; 0: a bar of unknown total
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        suppress_task_errors: bool = False,
+        timeout: float | None = None,
+        job_timeout: float | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Sequence[Any] = (),
+        max_per_second: float | None = None,
+        max_pending: int | None = None,
+        errors: str = "first",
+        on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
+        progress: bool | int = False,
+    ) -> _Options:
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+            if not timeout > 0 or math.isnan(timeout):
+                raise ValueError(f"timeout must be greater than 0 seconds, got {timeout!r}")
+            timeout = None if math.isinf(timeout) else float(timeout)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        # Any sequence, as concurrent.futures takes; a string is refused, being almost
+        # always initargs="x" written for initargs=("x",).
+        if not isinstance(initargs, Sequence) or isinstance(initargs, (str, bytes)):
+            raise TypeError(
+                f"initargs must be a sequence of arguments (a tuple or a list), "
+                f"got {type(initargs).__name__} {initargs!r}"
+            )
+        if max_pending is not None:
+            if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+                raise TypeError(f"max_pending must be an int or None, got {max_pending!r}")
+            if max_pending < 0:
+                raise ValueError(f"max_pending must be 0 or more, got {max_pending!r}")
+        if errors not in ("first", "group"):
+            raise ValueError(f'errors must be "first" or "group", got {errors!r}')
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable, got {on_error!r}")
+        if not isinstance(progress, int) or (type(progress) is not bool and progress <= 0):
+            raise TypeError(
+                "progress must be True, False, or the number of jobs to expect "
+                f"(an int > 0, for the bar's total and ETA), got {progress!r}"
+            )
+        return cls(
+            suppress_task_errors=bool(suppress_task_errors),
+            timeout=timeout,
+            job_timeout=_positive_number("job_timeout", job_timeout),
+            initializer=initializer,
+            initargs=tuple(initargs),
+            max_per_second=_positive_number("max_per_second", max_per_second),
+            max_pending=max_pending,
+            group=errors == "group",
+            on_error=on_error,
+            progress=None if progress is False else (0 if progress is True else progress),
+        )
+
+
+# ---------------------------------------------------------------------- the life
+class _Lifecycle:
+    """Mixin: entry, exit and what it raises, fail-fast, the deadline, the hook."""
+
+    _state: _State
+    _loop: asyncio.AbstractEventLoop
+    _progress: Any
+    _timer: asyncio.TimerHandle | None
+
+    if TYPE_CHECKING:
+        _aborting: bool
+
+        def _cancel_all(self) -> None:
+            """Cancel every unfinished job (sets ``_aborting``); not a job error."""
+
+        def _finish(self) -> Awaitable[BaseException | None]:
+            """Wait for every job; return an outside cancellation to propagate."""
+
+        def _check_map_fn(self, fn: Any, what: str) -> None:
+            """Refuse a job function this executor cannot run, before map() starts."""
+
+        def stats(self) -> ExecutorStats: ...
+
+    def _init_lifecycle(self, options: _Options) -> None:
+        self._options = options
+        self._suppress = options.suppress_task_errors
+        self._timeout = options.timeout
+        self._on_error = options.on_error
+        self._progress = None
+        if options.progress is not None:
+            from ._progress import Progress  # ImportError naming the extra, without tqdm
+
+            self._progress = Progress(self, options.progress)
+        self._init_outcome(group=options.group)
+
+    def _init_outcome(self, group: bool = False) -> None:
+        self._entered = False
+        self._exiting = False
+        self._parent_task: asyncio.Task[Any] | None = None
+        self._parent_cancel_requested = False
+        self._error: BaseException | None = None  # the first job error, or the TimeoutError
+        self._base_error: BaseException | None = None  # KeyboardInterrupt / SystemExit
+        self._error_raised = False
+        self._timed_out: TimeoutError | None = None
+        self._group = group  # errors="group": exit raises every job error
+        self._errors: list[BaseException] = []
+
+    def _claim_entry(self, used: bool) -> None:
+        """``__aenter__``'s checks: entered once, before any use, inside a task (the one
+        fail-fast cancels)."""
+        if self._entered:
+            raise RuntimeError(f"{self!r} has already been entered")
+        if used:
+            raise RuntimeError(f"{self!r} was used before it was entered; enter it first")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError(f"{self!r} must be entered inside a task")
+        self._entered = True
+        self._parent_task = task
+
+    def _abort(self, error: BaseException) -> None:
+        """Fail-fast: record the error, cancel everything, and cancel the body."""
+        if self._error is None:
+            self._error = error
+        if self._aborting:
+            return
+        self._cancel_all()
+        parent = self._parent_task
+        if parent is not None and not self._exiting and not parent.done():
+            # As TaskGroup does: stop the body wherever it waits (a submit, a sleep).
+            self._parent_cancel_requested = True
+            parent.cancel()
+
+    def _finish_interrupted(self, ex: BaseException) -> BaseException | None:
+        """The task waiting in ``_finish()`` was cancelled: the cancellation to propagate,
+        or None for our own cancellation of the body (fail-fast, timeout)."""
+        if not self._aborting:
+            # Someone else's: the jobs are cancelled and still awaited.
+            self._cancel_all()
+            return ex
+        if not self._parent_cancel_requested or asyncio.current_task() is not self._parent_task:
+            return ex
+        return None
+
+    async def _finish_at_exit(self) -> BaseException | None:
+        return await self._finish()
+
+    async def __aexit__(
+        self,
+        et: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Wait for every job, then raise the executor's outcome."""
+        self._exiting = True
+        error_before_exit = self._error
+        if isinstance(exc, _BASE_ERRORS) and self._base_error is None:
+            self._base_error = exc
+        propagate_cancel: BaseException | None = None
+        if isinstance(exc, _CancelledError):
+            propagate_cancel = exc
+        if exc is not None and not self._aborting:
+            # The body raised or was cancelled: every job is cancelled and awaited.
+            self._cancel_all()
+        # As with TaskGroup, running jobs may still submit while we wait for them (a
+        # producer job submitted by the body goes on producing); the executor closes
+        # once no job is left.
+        cancelled = await self._finish_at_exit()
+        if propagate_cancel is None:
+            propagate_cancel = cancelled
+        parent = self._parent_task
+        assert parent is not None
+        if self._parent_cancel_requested:
+            # We cancelled the body (fail-fast or timeout).  On 3.11 and 3.12 a
+            # cancellation the body never reached stays pending after uncancel():
+            # take it here, or it would hit the code after the block.
+            if getattr(parent, "_must_cancel", False):
+                try:
+                    await asyncio.sleep(0)
+                except _CancelledError:
+                    pass
+            self._parent_cancel_requested = False
+            if parent.uncancel() == 0:
+                propagate_cancel = None
+        body_error = exc if exc is not None and not isinstance(exc, _CancelledError) else None
+        # The first failure wins: a job error that caused the shutdown beats what the
+        # body raised because of it; an error of the body's own beats later job errors.
+        self._raise_error(body_error, error_before_exit is not None)
+        if propagate_cancel is not None:
+            raise propagate_cancel
+
+    def _raise_error(
+        self, body_error: BaseException | None = None, job_error_first: bool = True
+    ) -> None:
+        """Raise what the executor's outcome is, once: KeyboardInterrupt/SystemExit, the
+        ExceptionGroup of job errors (errors="group"), or the first error."""
+        if self._base_error is not None:
+            raise self._base_error
+        if self._error_raised:
+            return
+        if self._group and self._errors:
+            errors = list(self._errors)
+            if self._timed_out is not None:
+                errors.append(self._timed_out)
+            if body_error is not None:
+                errors.append(body_error)  # as TaskGroup adds the body's exception
+            self._error_raised = True
+            raise BaseExceptionGroup(f"unhandled errors in {type(self).__name__}", errors)
+        if self._error is not None and (body_error is None or job_error_first):
+            self._error_raised = True
+            raise self._error
+
+    # ------------------------------------------------------------------ shared rules
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _job_failed(self, exc: BaseException, report: bool, after_cancel: bool = False) -> None:
+        """A job raised or was cancelled; ``after_cancel``: it raised ``exc`` while
+        unwinding from a cancellation of its handle.  ``report`` is False for a map's
+        jobs, whose errors the map raises itself."""
+        if isinstance(exc, _BASE_ERRORS):
+            if self._base_error is None:
+                self._base_error = exc
+            self._abort(exc)
+            return
+        if not report or self._suppress or self._state is _State.CLOSED:
+            return  # absorbed, or owned by a map
+        is_error = not isinstance(exc, _CancelledError)
+        if self._group and is_error:
+            self._errors.append(exc)  # as TaskGroup collects errors raised while cancelled
+        if self._aborting or after_cancel:
+            # A consequence of a cancellation (ours, or of the job's handle), not what
+            # caused it: it never becomes the first error.
+            if not self._aborting:
+                self._abort(_CancelledError())
+            return
+        self._abort(exc)
+
+    def _job_error(self, handle: asyncio.Future[Any], exc: BaseException) -> None:
+        """A job failed with ``exc`` (not a cancellation): the on_error hook."""
+        on_error = self._on_error
+        if on_error is None:
+            return
+        try:
+            on_error(handle, exc)
+        except Exception as err:
+            # A broken hook must not break the executor: report it as asyncio reports
+            # an error in a callback.
+            self._loop.call_exception_handler(
+                {
+                    "message": f"on_error hook {on_error!r} raised",
+                    "exception": err,
+                    "future": handle,
+                }
+            )
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._state is _State.CLOSED:
+            return
+        self._timed_out = TimeoutError(f"{self!r} timed out after {self._timeout} s")
+        self._abort(self._timed_out)
+
+    def _map_input(
+        self, what: str, fn: Any, iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...]
+    ) -> list[Any]:
+        """map()'s function checked and its input opened (and counted by the bar)."""
+        self._check_map_fn(fn, what)
+        sources = _open_sources(what, iterables)
+        if self._progress is not None:
+            self._progress.add_total(iterables)
+        return sources
+
+    def _repr_fields(self) -> str:
+        """What an executor adds to its repr, ahead of the state and the counts."""
+        return ""
+
+    def __repr__(self) -> str:
+        st = self.stats()
+        return (
+            f"<{type(self).__name__} {self._repr_fields()}state={self._state.value} "
+            f"max_workers={st.max_workers} submitted={st.submitted} pending={st.pending} "
+            f"running={st.running} completed={st.completed} failed={st.failed} "
+            f"cancelled={st.cancelled}>"
+        )
