@@ -110,7 +110,8 @@ leakcheck: $(VENV)/.test-installed
 		COROEXECUTOR_NO_EXTENSIONS=$$engine $(PY) scripts/leakcheck.py --jobs $(JOBS_PER_KIND) $$loop \
 		|| exit 1; done; done
 
-## make test-ray: the ShardedExecutor suite on a local Ray instance (installs ray, ~1 min).
+## make test-ray: the ShardedExecutor suite and the contract suite on a local Ray instance
+## (installs ray, ~1 min).
 test-ray: $(VENV)/.test-installed
 	$(PY) -m pip install -q -e '.[ray]'
 	$(PY) -m pytest -p no:cacheprovider tests/test_sharded_ray.py

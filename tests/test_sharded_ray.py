@@ -67,6 +67,17 @@ SUITE = (
 )
 
 
+# The contract suite (tests/test_contract.py), on Ray: its tests and its `make` fixture,
+# with the executor under test fixed to ShardedExecutor(2, backend="ray").
+from tests.test_contract import *  # noqa: E402,F403
+from tests.test_contract import make  # noqa: E402,F401
+
+
+@pytest.fixture
+def kind() -> tuple[str, str]:
+    return ("ray-2", "asyncio")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance() -> Iterator[Any]:
     """A local Ray instance on loopback for this module."""

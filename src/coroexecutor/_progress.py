@@ -22,6 +22,7 @@ class Progress:
     def __init__(self, exe: Any, total: int = 0) -> None:
         self._exe = exe
         self._total = total  # 0: unknown until a map of sized inputs adds to it
+        self._fixed = total > 0  # the user's own total: maps do not add to it
         self._bar: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -32,7 +33,10 @@ class Progress:
         self._timer = loop.call_later(_REFRESH_S, self._tick)
 
     def add_total(self, iterables: Iterable[Any]) -> None:
-        """A map whose inputs all have a length adds min(lengths) to the total."""
+        """A map whose inputs all have a length adds min(lengths) to the total (unless
+        the total was given up front)."""
+        if self._fixed:
+            return
         try:
             n = min(len(it) for it in iterables)
         except TypeError:

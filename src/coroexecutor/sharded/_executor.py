@@ -38,6 +38,7 @@ from ._protocol import (
     _CANCEL_ALL,
     _CANCELLED,
     _CLOSE,
+    _ERROR,
     _EXIT_NO_MAIN_GUARD,
     _NO_MAIN_GUARD,
     _OK,
@@ -171,7 +172,7 @@ class ShardedExecutor(_Lifecycle):
         if options.initializer is not None:
             # It runs in the shards, before each job, as CoroutineExecutor's does: they
             # import it by name, and its arguments travel pickled.
-            _check_job_fn(options.initializer, "initializer")
+            _check_job_fn(options.initializer, "initializer", must_be_async=False)
             try:
                 _dumps(options.initargs, _PROTOCOL)
             except Exception as err:
@@ -627,7 +628,14 @@ class ShardedExecutor(_Lifecycle):
         if handle.done():
             # Its handle was cancelled first, and says so: the job counts as cancelled.
             self._cancelled += 1
-            self._job_failed(_CancelledError(), handle._report)
+            if status == _ERROR:
+                # It failed while unwinding: that error goes to on_error and
+                # errors="group" (as TaskGroup collects it), never first for fail-fast.
+                exc = _load_exception(payload)
+                self._job_error(handle, exc)
+                self._job_failed(exc, handle._report, after_cancel=True)
+            else:
+                self._job_failed(_CancelledError(), handle._report)
             return
         if status == _CANCELLED:
             _future_cancel(handle)

@@ -122,8 +122,9 @@ def _importable_target(fn: Any) -> Any:
     return target
 
 
-def _check_job_fn(fn: Any, what: str) -> None:
-    """TypeError unless ``fn`` is a coroutine function a shard can import by name."""
+def _check_job_fn(fn: Any, what: str, must_be_async: bool = True) -> None:
+    """TypeError unless ``fn`` is a coroutine function a shard can import by name
+    (any function, for the initializer: ``must_be_async=False``)."""
     if inspect.iscoroutine(fn):
         name = getattr(fn, "__qualname__", "f")
         fn.close()  # no "never awaited" warning
@@ -153,7 +154,7 @@ def _check_job_fn(fn: Any, what: str) -> None:
             "local function): a shard imports each job function by module:qualname; "
             "move it to module level"
         )
-    if not inspect.iscoroutinefunction(fn):
+    if must_be_async and not inspect.iscoroutinefunction(fn):
         raise TypeError(
             f"{what}(): {_describe(target)} is not a coroutine function: ShardedExecutor "
             "runs `async def` functions"

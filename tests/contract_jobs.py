@@ -1,0 +1,49 @@
+"""Job functions for tests/test_contract.py: importable by module and name, as the
+shards of a ShardedExecutor import them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+_init: list[Any] = []  # what the initializer was last called with, in this process
+
+
+async def echo(x: Any) -> Any:
+    return x
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def sleep_echo(dt: float, x: Any = None) -> Any:
+    await asyncio.sleep(dt)
+    return x
+
+
+async def fail(dt: float, message: str) -> None:
+    await asyncio.sleep(dt)
+    raise ValueError(message)
+
+
+async def fail_if(x: int, bad: int) -> int:
+    await asyncio.sleep(0.001 * x)
+    if x == bad:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+def init(*args: Any) -> None:
+    _init[:] = args
+
+
+async def seen_by_init() -> list[Any]:
+    return list(_init)
+
+
+async def fail_when_cancelled(message: str) -> None:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        raise ValueError(message) from None

@@ -1,0 +1,371 @@
+"""The contract: what a user relies on, written once and run against every executor.
+
+Each test takes ``make``, which builds the executor under test with the options it is
+given: ``CoroutineExecutor`` (on every loop), ``ShardedExecutor`` with the process
+backend at 1 and at 2 shards, and, in tests/test_sharded_ray.py (``make test-ray``), on
+Ray.  ``max_workers`` is per shard for ShardedExecutor (the README's "max_workers"):
+a test that needs the total reads ``exe.stats().max_workers``.
+
+An option one executor does not offer is a skip that says why (``offers``), and the
+README's option table lists the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tests import contract_jobs as jobs
+
+from coroexecutor import CoroutineExecutor, ShardedExecutor
+
+# (executor, loop): ShardedExecutor's parent runs on asyncio here; its shards use uvloop
+# when installed, whatever the parent's loop.
+KINDS = [
+    ("coroutine", "asyncio"),
+    ("coroutine", "uvloop"),
+    ("coroutine", "eager"),
+    ("sharded-1", "asyncio"),
+    ("sharded-2", "asyncio"),
+]
+
+# What ShardedExecutor does not offer yet, and why (the README's option table says so).
+NOT_SHARDED = {
+    "max_per_second": "not offered by ShardedExecutor yet (one rate across shards)",
+    "submit_nowait": "not offered by ShardedExecutor yet (a parent-side queue)",
+    "resize": "not offered by ShardedExecutor yet (max_workers is fixed per shard)",
+    "copy_context": "not offered by ShardedExecutor: a shard cannot see the submitter's context",
+}
+
+
+@pytest.fixture(params=KINDS, ids=[f"{k}-{loop}" for k, loop in KINDS])
+def kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    value: tuple[str, str] = request.param
+    return value
+
+
+@pytest.fixture
+def loop_kind(kind: tuple[str, str]) -> str:
+    loop = kind[1]
+    if loop == "eager" and sys.version_info < (3, 12):
+        pytest.skip("asyncio.eager_task_factory needs Python 3.12+")
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    return loop
+
+
+@pytest.fixture
+def make(kind: tuple[str, str]) -> Callable[..., Any]:
+    name = kind[0]
+
+    def _make(max_workers: int = 8, **options: Any) -> Any:
+        if name == "coroutine":
+            return CoroutineExecutor(max_workers, **options)
+        backend, _, shards = name.rpartition("-")
+        return ShardedExecutor(
+            int(shards),
+            max_workers=max_workers,
+            backend="ray" if backend == "ray" else "process",
+            **options,
+        )
+
+    _make.kind = name  # type: ignore[attr-defined]
+    return _make
+
+
+def offers(make: Callable[..., Any], feature: str) -> None:
+    if make.kind != "coroutine" and feature in NOT_SHARDED:  # type: ignore[attr-defined]
+        pytest.skip(NOT_SHARDED[feature])
+
+
+def adds_up(exe: Any) -> None:
+    st = exe.stats()
+    assert st.submitted == st.pending + st.running + st.completed + st.failed + st.cancelled
+
+
+# ---------------------------------------------------------------------- submit and map
+
+
+def test_submit_returns_a_future_of_the_result(run, make) -> None:
+    async def main() -> None:
+        async with make() as exe:
+            h = await exe.submit(jobs.add, 2, b=3)
+            slow = await exe.submit(jobs.sleep_echo, 0.02, "slow")
+            assert isinstance(h, asyncio.Future)
+            assert await slow == "slow"
+        assert h.result() == 5
+        st = exe.stats()
+        assert (st.submitted, st.completed, st.failed, st.cancelled) == (2, 2, 0, 0)
+
+    run(main())
+
+
+def test_map_yields_in_input_order_and_zips(run, make) -> None:
+    async def main() -> None:
+        async with make() as exe:
+            got = [r async for r in exe.map(jobs.add, range(20), range(100, 150))]
+            unordered = sorted([r async for r in exe.map_unordered(jobs.echo, range(30))])
+        assert got == [i + 100 + i for i in range(20)]
+        assert unordered == list(range(30))
+
+    run(main())
+
+
+def test_map_error_comes_in_its_turn_and_does_not_fail_fast(run, make) -> None:
+    async def main() -> None:
+        got = []
+        async with make() as exe:
+            with pytest.raises(ValueError, match="bad 3"):
+                async for r in exe.map(jobs.fail_if, range(8), [3] * 8):
+                    got.append(r)
+            after = await exe.submit(jobs.echo, "still open")
+        assert got == [0, 1, 2]
+        assert after.result() == "still open"
+        adds_up(exe)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_fail_fast_raises_the_first_error_and_cancels_the_rest(run, make) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="first"):
+            async with make() as exe:
+                bystander = await exe.submit(jobs.sleep_echo, 3600)
+                await exe.submit(jobs.fail, 0.01, "first")
+                await asyncio.sleep(3600)  # fail-fast cancels the body too
+        assert bystander.cancelled()
+        st = exe.stats()
+        assert (st.failed, st.cancelled) == (1, 1)
+        adds_up(exe)
+
+    run(main())
+
+
+def test_suppress_task_errors_keeps_errors_on_handles(run, make) -> None:
+    async def main() -> None:
+        async with make(suppress_task_errors=True) as exe:
+            bad = await exe.submit(jobs.fail, 0, "kept")
+            good = await exe.submit(jobs.sleep_echo, 0.01, "ok")
+        assert isinstance(bad.exception(), ValueError)
+        assert good.result() == "ok"
+        assert exe.stats().failed == 1
+
+    run(main())
+
+
+def test_errors_group_raises_every_job_error(run, make) -> None:
+    """As TaskGroup: the first error, and those raised by jobs unwinding from the
+    cancellation it caused, in one ExceptionGroup."""
+
+    async def main() -> None:
+        with pytest.raises(ExceptionGroup) as info:
+            async with make(errors="group") as exe:
+                await exe.submit(jobs.fail_when_cancelled, "while cancelled")
+                await exe.submit(jobs.fail, 0.05, "first")
+        errors = info.value.exceptions
+        assert all(isinstance(e, ValueError) for e in errors)
+        assert sorted(str(e) for e in errors) == ["first", "while cancelled"]
+        st = exe.stats()
+        assert (st.failed, st.cancelled) == (1, 1)  # the unwinding one was cancelled
+
+    run(main())
+
+
+def test_on_error_sees_each_failed_job_and_its_error(run, make) -> None:
+    seen: list[tuple[bool, str]] = []
+
+    def on_error(handle: asyncio.Future[Any], exc: BaseException) -> None:
+        seen.append((handle.done() and handle.exception() is exc, str(exc)))
+
+    async def main() -> None:
+        async with make(suppress_task_errors=True, on_error=on_error) as exe:
+            for i in range(3):
+                await exe.submit(jobs.fail, 0, f"e{i}")
+            await exe.submit(jobs.echo, "fine")
+
+    run(main())
+    assert sorted(seen) == [(True, "e0"), (True, "e1"), (True, "e2")]
+
+
+def test_cancelling_a_handle_cancels_its_job(run, make) -> None:
+    async def main() -> None:
+        async with make(suppress_task_errors=True) as exe:
+            h = await exe.submit(jobs.sleep_echo, 3600)
+            await asyncio.sleep(0.05)
+            assert h.cancel()
+            assert h.cancelled()
+        assert exe.stats().cancelled == 1
+        adds_up(exe)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- time
+
+
+def test_timeout_cancels_what_is_left_and_raises_timeout_error(run, make) -> None:
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            async with make(timeout=0.3) as exe:
+                done = await exe.submit(jobs.echo, 1)
+                slow = await exe.submit(jobs.sleep_echo, 3600)
+                await asyncio.sleep(3600)
+        assert done.result() == 1
+        assert slow.cancelled()
+
+    run(main())
+
+
+def test_timeout_inf_is_no_deadline(run, make) -> None:
+    async def main() -> None:
+        async with make(timeout=math.inf) as exe:
+            h = await exe.submit(jobs.sleep_echo, 0.01, "fine")
+        assert h.result() == "fine"
+
+    run(main())
+
+
+def test_job_timeout_fails_a_slow_job_with_timeout_error(run, make) -> None:
+    async def main() -> None:
+        async with make(job_timeout=0.05, suppress_task_errors=True) as exe:
+            slow = await exe.submit(jobs.sleep_echo, 3600)
+            quick = await exe.submit(jobs.sleep_echo, 0.001, "quick")
+        assert isinstance(slow.exception(), TimeoutError)
+        assert quick.result() == "quick"
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- shutdown
+
+
+def test_shutdown_waits_then_refuses_new_jobs(run, make) -> None:
+    async def main() -> None:
+        exe = make()
+        h = await exe.submit(jobs.sleep_echo, 0.02, "waited")
+        await exe.shutdown()
+        assert h.result() == "waited"
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            await exe.submit(jobs.echo, 1)
+
+    run(main())
+
+
+def test_shutdown_cancel_futures_and_wait_false(run, make) -> None:
+    async def main() -> None:
+        async with make() as exe:
+            h = await exe.submit(jobs.sleep_echo, 3600)
+            await exe.shutdown(cancel_futures=True)
+        assert h.cancelled()
+        async with make() as exe:
+            h = await exe.submit(jobs.sleep_echo, 3600)
+            await exe.shutdown(wait=False)  # returns at once, raises nothing
+            assert h.cancelled()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- options
+
+
+def test_initializer_runs_before_each_job_where_the_job_runs(run, make) -> None:
+    async def main() -> None:
+        async with make(initializer=jobs.init, initargs=["a", 1]) as exe:
+            h = await exe.submit(jobs.seen_by_init)
+        assert h.result() == ["a", 1]
+
+    run(main())
+
+
+def test_progress_bar_counts_jobs(run, make, capsys: pytest.CaptureFixture[str]) -> None:
+    async def main() -> None:
+        async with make(progress=20, suppress_task_errors=True) as exe:
+            async for _ in exe.map(jobs.echo, range(19)):
+                pass
+            await exe.submit(jobs.fail, 0, "x")
+
+    run(main())
+    err = capsys.readouterr().err
+    assert re.search(r"20/20", err), err
+    assert "failed=1" in err
+
+
+def test_stats_and_repr(run, make) -> None:
+    async def main() -> None:
+        async with make(max_workers=4) as exe:
+            await exe.submit(jobs.echo, 1)
+            assert "state=open" in repr(exe)
+        st = exe.stats()
+        assert st.max_workers == 4 * getattr(exe, "shards", 1)
+        assert (st.submitted, st.completed) == (1, 1)
+        assert "state=closed" in repr(exe) and "completed=1" in repr(exe)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"max_workers": 0}, ValueError, "max_workers must be greater than 0"),
+        ({"timeout": 0}, ValueError, "timeout must be greater than 0"),
+        ({"job_timeout": -1}, ValueError, "job_timeout must be a finite number"),
+        ({"errors": "all"}, ValueError, 'errors must be "first" or "group"'),
+        ({"on_error": 5}, TypeError, "on_error must be callable"),
+        ({"progress": "yes"}, TypeError, "progress must be True, False, or"),
+        ({"initargs": 5}, TypeError, "initargs must be a sequence"),
+    ],
+)
+def test_bad_options_are_refused_alike(
+    make, options: dict[str, Any], error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        make(**options)
+
+
+def test_max_per_second_spaces_starts(run, make) -> None:
+    offers(make, "max_per_second")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with make(max_per_second=50) as exe:
+            t0 = loop.time()
+            for i in range(6):
+                await exe.submit(jobs.echo, i)
+            assert loop.time() - t0 >= 5 / 50 * 0.9
+
+    run(main())
+
+
+def test_submit_nowait_queues_with_max_pending(run, make) -> None:
+    offers(make, "submit_nowait")
+
+    async def main() -> None:
+        from coroexecutor import ExecutorFull
+
+        async with make(max_workers=1, max_pending=1) as exe:
+            exe.submit_nowait(jobs.sleep_echo, 0.01)
+            queued = exe.submit_nowait(jobs.echo, "queued")
+            with pytest.raises(ExecutorFull):
+                exe.submit_nowait(jobs.echo, "refused")
+        assert queued.result() == "queued"
+
+    run(main())
+
+
+def test_max_workers_can_be_resized_while_running(run, make) -> None:
+    offers(make, "resize")
+
+    async def main() -> None:
+        async with make(max_workers=2) as exe:
+            exe.max_workers = 5
+            assert exe.max_workers == 5
+
+    run(main())
