@@ -36,7 +36,6 @@ KINDS = [
 
 # What ShardedExecutor does not offer yet, and why (the README's option table says so).
 NOT_SHARDED = {
-    "max_per_second": "not offered by ShardedExecutor yet (one rate across shards)",
     "submit_nowait": "not offered by ShardedExecutor yet (a parent-side queue)",
     "resize": "not offered by ShardedExecutor yet (max_workers is fixed per shard)",
     "copy_context": "not offered by ShardedExecutor: a shard cannot see the submitter's context",
@@ -330,16 +329,16 @@ def test_bad_options_are_refused_alike(
         make(**options)
 
 
-def test_max_per_second_spaces_starts(run, make) -> None:
-    offers(make, "max_per_second")
-
+def test_max_per_second_is_one_rate_for_the_whole_executor(run, make) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         async with make(max_per_second=50) as exe:
+            await exe.submit(jobs.echo, -1)  # the clock starts at the first start
             t0 = loop.time()
-            for i in range(6):
-                await exe.submit(jobs.echo, i)
-            assert loop.time() - t0 >= 5 / 50 * 0.9
+            async for _ in exe.map(jobs.echo, range(10)):
+                pass
+            # 10 starts 1/50 s apart, over however many shards: at least 0.2 s
+            assert loop.time() - t0 >= 10 / 50 * 0.9
 
     run(main())
 

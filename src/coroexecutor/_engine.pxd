@@ -47,8 +47,7 @@ cdef class _Engine:
     cdef public object _waiters
     cdef public object _ready
     cdef public bint _ready_scheduled
-    cdef public object _interval
-    cdef public double _last_start
+    cdef public object _pace
     cdef public object _job_factory
     cdef public list _free
     cdef public dict _tasks

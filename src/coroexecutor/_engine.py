@@ -31,7 +31,6 @@ import asyncio
 import collections.abc as _collections_abc
 import contextvars
 import itertools
-import math
 import sys
 import types
 from collections import deque
@@ -47,6 +46,7 @@ from ._jobs import (
     _NotAwaitable,
     _State,
 )
+from ._pace import _Pace
 
 try:
     # In the compiled engine (setup.py) this is the compiler's own module, and
@@ -412,8 +412,7 @@ class _Engine:
         self._ready: deque[_Queued] = deque()  # queued jobs holding a count, to start
         self._ready_scheduled = False
         self._pending = 0  # queued jobs not started yet (in _waiters or _ready)
-        self._interval: float | None = None  # 1 / max_per_second
-        self._last_start = -math.inf  # loop time of the last start (rate limit)
+        self._pace: _Pace | None = None  # max_per_second
         self._job_factory: Callable[..., Coroutine[Any, Any, Any]] | None = None
         self._free: list[_Runner] = []  # idle runners, the last parked first to go
         self._tasks: dict[asyncio.Task[Any], _Runner] = {}  # every runner whose task lives
@@ -452,7 +451,7 @@ class _Engine:
     def _refresh_gate(self) -> None:
         """Open submit()'s fast path only where it may be used: bound, open, no rate limit."""
         bound = self._bound()
-        plain = self._state is _OPEN and self._interval is None and bound
+        plain = self._state is _OPEN and self._pace is None and bound
         self._cap = self._limit if plain else 0
 
     # ------------------------------------------------------------------ submit
@@ -490,7 +489,7 @@ class _Engine:
             parent = self._tasks.get(asyncio.current_task())  # type: ignore[arg-type]
             if parent is not None and parent.counted and parent.state != _IDLE:
                 parent.counted = False
-                if self._interval is not None:
+                if self._pace is not None:
                     await self._wait_for_turn()
                 handle = self._start(fn, args, kwargs, report)
                 if await self._wait_for_count():
@@ -498,7 +497,7 @@ class _Engine:
                 return handle
             if not await self._wait_for_count():
                 self._check_open()  # type: ignore[attr-defined]
-        if self._interval is not None:
+        if self._pace is not None:
             await self._wait_for_turn()
         return self._start(fn, args, kwargs, report)
 
@@ -512,23 +511,19 @@ class _Engine:
         return self._limit
 
     async def _wait_for_turn(self) -> None:
-        """Rate limit: wait, holding our count, until 1 / rate after the last start.
-
-        Claimed when the start happens, not booked ahead: a timer that fires late
-        (a busy loop) then delays the starts after it instead of bunching them.
-        """
+        """Rate limit: wait, holding our count, for our turn (``_pace``), and claim it."""
         loop = self._loop
-        assert self._interval is not None
-        while (wait := self._last_start + self._interval - loop.time()) > 0:
-            try:
-                await asyncio.sleep(wait)
-            except _CancelledError:
-                self._release()
-                raise
+        pace = self._pace
+        assert pace is not None
+        try:
+            await pace.turn(loop)
+        except _CancelledError:
+            self._release()
+            raise
         if self._state is not _OPEN:
             self._release()
             self._check_open()  # type: ignore[attr-defined]
-        self._last_start = loop.time()
+        pace.claim(loop.time())
 
     def submit_nowait(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -549,7 +544,7 @@ class _Engine:
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
         self._check_open()  # type: ignore[attr-defined]
-        if self._running < self._limit and not self._waiters and self._interval is None:
+        if self._running < self._limit and not self._waiters and self._pace is None:
             self._running += 1
             return self._start(fn, args, kwargs, True)
         if self._max_pending is not None and self._pending >= self._max_pending:
@@ -587,13 +582,14 @@ class _Engine:
         """
         ready = self._ready
         loop = self._loop
+        pace = self._pace
         while ready:
-            if self._interval is not None:
-                at = self._last_start + self._interval
+            if pace is not None:
+                at = pace.next_at()
                 if at > loop.time():
                     loop.call_at(at, self._start_ready)
                     return
-                self._last_start = loop.time()
+                pace.claim(loop.time())
             job = ready.popleft()
             handle = job.handle
             if handle.done():  # cancelled while queued: already counted

@@ -18,6 +18,7 @@ from ._engine_choice import _Engine
 from ._jobs import _check_fn, _State, _wrapped_job
 from ._lifecycle import ExecutorStats, _check_count, _Lifecycle, _Options
 from ._map import _map, _map_unordered
+from ._pace import _Pace
 
 __all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
 
@@ -69,7 +70,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         self._init_lifecycle(options)
         self._max_pending = options.max_pending
         rate = options.max_per_second
-        self._interval = None if rate is None else 1.0 / rate
+        self._pace = None if rate is None else _Pace(rate)
         if options.initializer is not None or options.job_timeout is not None:
             # Only then does a job get a wrapper coroutine: the plain path pays nothing.
             self._job_factory = functools.partial(

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, TypeVar
 from .._jobs import _NO_KWARGS, _State
 from .._lifecycle import ExecutorStats, _check_count, _Lifecycle, _Options
 from .._map import _map, _map_unordered
+from .._pace import _Pace
 from ._protocol import (
     _BATCH,
     _CANCEL_ALL,
@@ -148,6 +149,7 @@ class ShardedExecutor(_Lifecycle):
         job_timeout: float | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: Sequence[Any] = (),
+        max_per_second: float | None = None,
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
         progress: bool | int = False,
@@ -165,6 +167,7 @@ class ShardedExecutor(_Lifecycle):
             job_timeout=job_timeout,
             initializer=initializer,
             initargs=initargs,
+            max_per_second=max_per_second,
             errors=errors,
             on_error=on_error,
             progress=progress,
@@ -180,6 +183,8 @@ class ShardedExecutor(_Lifecycle):
                     f"initargs cannot be pickled to send them to the shards: {err!r}"
                 ) from err
         self._job_timeout = options.job_timeout
+        rate = options.max_per_second
+        self._pace = None if rate is None else _Pace(rate)
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f'start_method must be "spawn" or "forkserver" (not "fork": the parent '
@@ -289,12 +294,30 @@ class ShardedExecutor(_Lifecycle):
                 blob = _dumps((fn, args, kwargs), _PROTOCOL)
             except Exception as err:
                 raise _pickle_error(fn, err) from err
-        if self._state is _State.OPEN and not self._waiters:
+        if self._state is _State.OPEN and not self._waiters and self._pace is None:
             best = self._least_loaded()
             if best is not None:
                 best.credits -= 1
                 return self._place(best, fid, blob, report)
-        return self._place(await self._wait_for_credit(), fid, blob, report)
+        shard = await self._wait_for_credit()
+        if self._pace is not None:
+            await self._wait_for_turn(shard)
+        return self._place(shard, fid, blob, report)
+
+    async def _wait_for_turn(self, shard: _Shard) -> None:
+        """max_per_second, one rate over every shard: wait, holding the credit taken on
+        ``shard``, for our turn (``_pace``), and claim it."""
+        pace = self._pace
+        assert pace is not None
+        loop = self._loop
+        try:
+            await pace.turn(loop)
+            self._check_open()
+        except BaseException:
+            shard.credits += 1  # not used: pass it on
+            self._wake()
+            raise
+        pace.claim(loop.time())
 
     def map(
         self, fn: Callable[..., Awaitable[T]], *iterables: Iterable[Any] | AsyncIterable[Any]
