@@ -47,3 +47,18 @@ async def fail_when_cancelled(message: str) -> None:
         await asyncio.sleep(3600)
     except asyncio.CancelledError:
         raise ValueError(message) from None
+
+
+_running = 0  # jobs of track() running now, in this process
+
+
+async def track(dt: float, x: Any) -> tuple[Any, int]:
+    """Sleep; return x and how many track() jobs ran in this process when it started."""
+    global _running
+    _running += 1
+    seen = _running
+    try:
+        await asyncio.sleep(dt)
+    finally:
+        _running -= 1
+    return x, seen

@@ -37,7 +37,6 @@ KINDS = [
 # What ShardedExecutor does not offer yet, and why (the README's option table says so).
 NOT_SHARDED = {
     "submit_nowait": "not offered by ShardedExecutor yet (a parent-side queue)",
-    "resize": "not offered by ShardedExecutor yet (max_workers is fixed per shard)",
     "copy_context": "not offered by ShardedExecutor: a shard cannot see the submitter's context",
 }
 
@@ -303,7 +302,7 @@ def test_stats_and_repr(run, make) -> None:
             await exe.submit(jobs.echo, 1)
             assert "state=open" in repr(exe)
         st = exe.stats()
-        assert st.max_workers == 4 * getattr(exe, "shards", 1)
+        assert st.max_workers == 4  # per event loop: each shard's, for ShardedExecutor
         assert (st.submitted, st.completed) == (1, 1)
         assert "state=closed" in repr(exe) and "completed=1" in repr(exe)
 
@@ -360,11 +359,22 @@ def test_submit_nowait_queues_with_max_pending(run, make) -> None:
 
 
 def test_max_workers_can_be_resized_while_running(run, make) -> None:
-    offers(make, "resize")
+    """Growing lets more jobs run at once, at once; shrinking lets running jobs finish
+    and starts no new one until under the new limit (per event loop: per shard).  Each
+    job reports how many ran beside it in its own process when it started."""
 
     async def main() -> None:
         async with make(max_workers=2) as exe:
-            exe.max_workers = 5
-            assert exe.max_workers == 5
+            shards = getattr(exe, "shards", 1)
+            await exe.submit(jobs.echo, 0)  # started (a ShardedExecutor's shards are up)
+            exe.max_workers = 6
+            assert exe.max_workers == 6 == exe.stats().max_workers
+            grown = [await exe.submit(jobs.track, 0.3, i) for i in range(6 * shards)]
+            exe.max_workers = 1  # these six (per loop) go on to their end
+            shrunk = [await exe.submit(jobs.track, 0.02, i) for i in range(3 * shards)]
+            grown_seen = [seen for _, seen in await asyncio.gather(*grown)]
+            shrunk_seen = [seen for _, seen in await asyncio.gather(*shrunk)]
+        assert max(grown_seen) == 6  # all six of a loop ran side by side
+        assert max(shrunk_seen) == 1  # then one at a time
 
     run(main())

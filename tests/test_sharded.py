@@ -93,7 +93,7 @@ def test_submit_results_and_handles(run, backend: str) -> None:
         assert (h2.result(), h4.result(), h5.result()) == (5, 15, 11)
         assert seen == ["slow"]
         st = exe.stats()
-        assert st.completed == st.submitted == 10 and st.max_workers == 2000
+        assert st.completed == st.submitted == 10 and st.max_workers == 1000  # per shard
         add_up(exe)
 
     run(main())

@@ -53,6 +53,7 @@ from ._protocol import (
     _load_exception,
     _loads,
     _pickle_error,
+    _shard_capacity,
     _ShardConfig,
     _Transport,
 )
@@ -99,6 +100,7 @@ class _Shard:
         "outbox",
         "pending",
         "ready",
+        "resize",
         "running",
         "transport",
     )
@@ -114,6 +116,7 @@ class _Shard:
         self.known: set[int] = set()  # function ids this shard has been sent
         self.cancels: list[int] = []
         self.control = 0
+        self.resize: int | None = None  # a new max_workers to send
         self.alive = False
         self.running = 0
         self.pending = 0
@@ -204,7 +207,7 @@ class ShardedExecutor(_Lifecycle):
         self._start_method = start_method
         self._ray_address = ray_address
         self._ray_actor_options = dict(ray_actor_options or {})
-        self._capacity = self._max_workers + min(self._max_workers, _BATCH)
+        self._capacity = _shard_capacity(self._max_workers)
 
         self._state = _State.NEW
         self._shards: list[_Shard] = []
@@ -237,8 +240,35 @@ class ShardedExecutor(_Lifecycle):
 
     @property
     def max_workers(self) -> int:
-        """How many jobs each shard runs at once."""
+        """How many jobs each shard runs at once (one event loop's limit, as for
+        CoroutineExecutor).  Settable while running: each shard grows at once, or
+        lets its running jobs finish and starts no new one until it is under the new
+        limit."""
         return self._max_workers
+
+    @max_workers.setter
+    def max_workers(self, value: int) -> None:
+        value = _check_count("max_workers", value)
+        old_capacity = self._capacity
+        self._max_workers = value
+        self._capacity = _shard_capacity(value)
+        if self._state is _State.OPEN:
+            self._resize_shards(old_capacity)
+        # else: not started (the shards start with it, or _ensure_started() resizes
+        # them once they are up), or gone.
+
+    def _resize_shards(self, old_capacity: int) -> None:
+        # What was submitted before goes first, under the limit of its time: a shard
+        # applies a frame's resize before the frame's jobs.
+        self._flush()
+        # Credits are a shard's free capacity: they follow it (below zero until enough
+        # of its jobs have ended after a shrink); the shards learn it with the next frame.
+        for shard in self._live:
+            shard.credits += self._capacity - old_capacity
+            shard.resize = self._max_workers
+        self._schedule_flush()
+        if self._waiters:
+            self._wake()
 
     @property
     def shard_pids(self) -> list[int | None]:
@@ -261,7 +291,7 @@ class ShardedExecutor(_Lifecycle):
             completed=self._completed,
             failed=self._failed,
             cancelled=self._cancelled,
-            max_workers=self._nshards * self._max_workers,
+            max_workers=self._max_workers,
         )
 
     async def submit(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Any:
@@ -397,6 +427,7 @@ class ShardedExecutor(_Lifecycle):
         self._state = _State.STARTING
         self._starting = loop.create_future()
         self._closed = loop.create_future()
+        started_capacity = self._capacity
         try:
             await self._start_shards()
         except BaseException as err:
@@ -411,6 +442,8 @@ class ShardedExecutor(_Lifecycle):
             raise
         self._state = _State.OPEN
         self._starting.set_result(None)
+        if self._capacity != started_capacity:  # resized while the shards started
+            self._resize_shards(started_capacity)
         if self._progress is not None:
             self._progress.start(loop)
         if self._timeout is not None:
@@ -582,7 +615,7 @@ class ShardedExecutor(_Lifecycle):
     def _flush(self) -> None:
         self._flush_scheduled = False
         for shard in self._shards:
-            if shard.outbox or shard.cancels or shard.control:
+            if shard.outbox or shard.cancels or shard.control or shard.resize is not None:
                 self._send(shard)
 
     def _send(self, shard: _Shard) -> None:
@@ -590,14 +623,16 @@ class ShardedExecutor(_Lifecycle):
         defs = shard.defs
         cancels = shard.cancels
         control = shard.control
+        resize = shard.resize
         shard.outbox = []
         if defs:
             shard.defs = []
         if cancels:
             shard.cancels = []
         shard.control = 0
+        shard.resize = None
         if shard.alive:
-            frame = _dumps((jobs, defs or None, cancels or None, control), _PROTOCOL)
+            frame = _dumps((jobs, defs or None, cancels or None, control, resize), _PROTOCOL)
             shard.transport.send(frame)
 
     def _schedule_flush(self) -> None:

@@ -8,7 +8,7 @@ Frames
 A frame is a pickle; on a byte stream (the process transport) it is preceded by its
 length, 4 bytes little-endian (``_FrameProtocol``).
 
-parent -> shard, one frame per flush: ``(jobs, defs, cancels, control)``
+parent -> shard, one frame per flush: ``(jobs, defs, cancels, control, resize)``
 
 * ``jobs``: ``[(job_id, fn_id, blob)]``.  ``fn_id >= 0`` names a function sent once per
   shard in ``defs`` as ``(fn_id, pickle of the function)``; ``blob`` is ``None`` (no
@@ -16,6 +16,7 @@ parent -> shard, one frame per flush: ``(jobs, defs, cancels, control)``
   of ``(fn, args, kwargs)`` (bound methods, partials).
 * ``cancels``: job ids whose handles were cancelled, or ``None``.
 * ``control``: 0, ``_CANCEL_ALL`` or ``_CLOSE``.
+* ``resize``: the shard's new ``max_workers``, or ``None``.
 
 shard -> parent: ``(_READY, pid, capacity)`` once, then ``(_RESULTS, results, running,
 pending)`` with ``results = [(job_id, status, payload)]``: ``_OK`` (payload is the value,
@@ -47,6 +48,12 @@ _HEADER: Final = struct.Struct("<I")
 # of every loop turn that produced something.  A shard's capacity is max_workers plus
 # min(max_workers, _BATCH): one batch may wait in its queue while max_workers run.
 _BATCH: Final = 512
+
+
+def _shard_capacity(max_workers: int) -> int:
+    """What a shard holds: max_workers running, and one batch waiting behind them."""
+    return max_workers + min(max_workers, _BATCH)
+
 
 # Frame kinds and result statuses.
 _READY: Final = 1

@@ -27,6 +27,7 @@ from ._protocol import (
     _dumps,
     _loads,
     _outcome,
+    _shard_capacity,
     _ShardConfig,
 )
 
@@ -82,7 +83,9 @@ class _ShardCore:
             self.stop.set_result(True)
 
     def on_frame(self, data: bytes | memoryview) -> None:
-        jobs, defs, cancels, control = _loads(data)
+        jobs, defs, cancels, control, resize = _loads(data)
+        if resize is not None:  # before the jobs: the parent sent those after it
+            self.resize(resize)
         fns = self.fns
         if defs:
             for fid, blob in defs:
@@ -130,6 +133,14 @@ class _ShardCore:
             self.stop.set_result(False)
         if out:
             self.flush()
+
+    def resize(self, max_workers: int) -> None:
+        self.limit = max_workers
+        self.config.capacity = _shard_capacity(max_workers)
+        self.exe.max_workers = max_workers
+        if self.backlog and not self.turn_scheduled:  # room now: start from the backlog
+            self.turn_scheduled = True
+            self.loop.call_soon(self._end_of_turn)
 
     def cancel_all(self) -> None:
         for jid in self.waiting:
