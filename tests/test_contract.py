@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from tests import contract_jobs as jobs
 
-from coroexecutor import CoroutineExecutor, ShardedExecutor
+from coroexecutor import CoroutineExecutor, ExecutorFull, ShardedExecutor
 
 # (executor, loop): ShardedExecutor's parent runs on asyncio here; its shards use uvloop
 # when installed, whatever the parent's loop.
@@ -36,7 +36,6 @@ KINDS = [
 
 # What ShardedExecutor does not offer yet, and why (the README's option table says so).
 NOT_SHARDED = {
-    "submit_nowait": "not offered by ShardedExecutor yet (a parent-side queue)",
     "copy_context": "not offered by ShardedExecutor: a shard cannot see the submitter's context",
 }
 
@@ -342,18 +341,41 @@ def test_max_per_second_is_one_rate_for_the_whole_executor(run, make) -> None:
     run(main())
 
 
-def test_submit_nowait_queues_with_max_pending(run, make) -> None:
-    offers(make, "submit_nowait")
-
+def test_submit_nowait_queues_first_in_first_out_up_to_max_pending(run, make) -> None:
     async def main() -> None:
-        from coroexecutor import ExecutorFull
+        order: list[int] = []
+        async with make(max_workers=1, max_pending=3) as exe:
+            room = exe._max_in_flight  # what the executor holds before it queues
+            placed = [exe.submit_nowait(jobs.sleep_echo, 0.05, i) for i in range(room)]
+            queued = [exe.submit_nowait(jobs.sleep_echo, 0, room + i) for i in range(3)]
+            with pytest.raises(ExecutorFull, match="max_pending=3"):
+                exe.submit_nowait(jobs.echo, "over")
+            assert exe.stats().pending >= 3
+            # a blocked submit takes its turn after the queued jobs
+            late = await exe.submit(jobs.echo, "after the queue")
+            for h in placed + queued:
+                h.add_done_callback(lambda h: order.append(h.result()))
+            await asyncio.gather(*placed, *queued)
+            assert [h.done() for h in queued] == [True] * 3
+        assert late.result() == "after the queue"
+        assert sorted(order) == list(range(room + 3))
+        st = exe.stats()
+        assert (st.submitted, st.completed, st.pending, st.running) == (room + 4,) * 2 + (0, 0)
 
-        async with make(max_workers=1, max_pending=1) as exe:
-            exe.submit_nowait(jobs.sleep_echo, 0.01)
-            queued = exe.submit_nowait(jobs.echo, "queued")
-            with pytest.raises(ExecutorFull):
-                exe.submit_nowait(jobs.echo, "refused")
-        assert queued.result() == "queued"
+    run(main())
+
+
+def test_submit_nowait_jobs_still_run_at_shutdown_unless_cancelled(run, make) -> None:
+    async def main() -> None:
+        async with make(max_workers=1, suppress_task_errors=True) as exe:
+            handles = [exe.submit_nowait(jobs.sleep_echo, 0.01, i) for i in range(40)]
+        assert [h.result() for h in handles] == list(range(40))
+        async with make(max_workers=1, suppress_task_errors=True) as exe:
+            handles = [exe.submit_nowait(jobs.sleep_echo, 3600, i) for i in range(40)]
+            await exe.shutdown(cancel_futures=True)
+        assert all(h.cancelled() for h in handles)
+        st = exe.stats()
+        assert (st.submitted, st.cancelled, st.pending, st.running) == (40, 40, 0, 0)
 
     run(main())
 

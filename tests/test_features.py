@@ -137,7 +137,9 @@ def test_max_per_second_applies_to_submit_nowait(run) -> None:
     run(main())
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 8
-    assert all(g >= 1 / rate - 0.002 for g in gaps), gaps
+    # A start is claimed just before the job runs and reads the clock: on a loaded
+    # machine the two can be a few ms apart.  Unpaced, the gaps would be about 0.
+    assert all(g >= 1 / rate / 2 for g in gaps), gaps
 
 
 @pytest.mark.parametrize("value", [0, -5, float("nan")])

@@ -737,3 +737,31 @@ def test_script_without_main_guard_is_told_in_one_line_what_to_add(tmp_path: Pat
     # not multiprocessing's page of tracebacks from each shard
     assert "An attempt has been made to start a new process" not in proc.stderr
     assert len(proc.stderr.splitlines()) < 40, proc.stderr
+
+
+def test_queued_submit_nowait_jobs_fail_when_every_shard_has_died(run) -> None:
+    async def main() -> None:
+        async with make("process", shards=1, max_workers=1, suppress_task_errors=True) as exe:
+            handles = [exe.submit_nowait(jobs.sleep_pid, 30) for _ in range(6)]
+            assert exe.stats().pending >= 4  # 2 in the shard (one runs), the rest queued
+            await asyncio.sleep(0.3)
+            victim = exe.shard_pids[0]
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.wait(handles)
+        assert all(isinstance(h.exception(), ShardCrashed) for h in handles)
+        st = exe.stats()
+        assert (st.submitted, st.failed, st.pending, st.running) == (6, 6, 0, 0)
+        add_up(exe)
+
+    run(main())
+
+
+def test_submit_nowait_before_entry_starts_the_shards(run) -> None:
+    async def main() -> None:
+        exe = make("process", shards=2)
+        h = exe.submit_nowait(jobs.echo, "early")
+        assert await h == "early"
+        await exe.shutdown()
+
+    run(main())

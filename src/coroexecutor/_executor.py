@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from ._engine_choice import _Engine
 from ._jobs import _check_fn, _State, _wrapped_job
-from ._lifecycle import ExecutorStats, _check_count, _Lifecycle, _Options
+from ._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
 from ._map import _map, _map_unordered
 from ._pace import _Pace
 
@@ -25,10 +25,6 @@ __all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
 T = TypeVar("T")
 
 _CancelledError = asyncio.CancelledError
-
-
-class ExecutorFull(Exception):
-    """submit_nowait() found no free worker and its queue at max_pending."""
 
 
 class CoroutineExecutor(_Engine, _Lifecycle):

@@ -21,9 +21,20 @@ from typing import TYPE_CHECKING, Any
 from ._jobs import _BASE_ERRORS, _State
 from ._map import _open_sources
 
-__all__ = ("ExecutorStats", "_Lifecycle", "_Options", "_check_count", "_positive_number")
+__all__ = (
+    "ExecutorFull",
+    "ExecutorStats",
+    "_Lifecycle",
+    "_Options",
+    "_check_count",
+    "_positive_number",
+)
 
 _CancelledError = asyncio.CancelledError
+
+
+class ExecutorFull(Exception):
+    """submit_nowait() found no free worker and its queue at max_pending."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

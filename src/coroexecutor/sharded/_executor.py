@@ -31,7 +31,7 @@ from collections.abc import (
 from typing import Any, Final, Literal, TypeVar
 
 from .._jobs import _NO_KWARGS, _State
-from .._lifecycle import ExecutorStats, _check_count, _Lifecycle, _Options
+from .._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
 from .._map import _map, _map_unordered
 from .._pace import _Pace
 from ._protocol import (
@@ -76,14 +76,26 @@ class _Handle(asyncio.Future[Any]):
 
     _jid: int
     _report: bool
-    _shard: _Shard
+    _shard: _Shard | None
 
     def cancel(self, msg: Any | None = None) -> bool:
         if not _future_cancel(self, msg):
             return False
         shard = self._shard
-        shard.exe._cancel_job(shard, self._jid)
+        if shard is not None:  # placed; a queued job's cancel is seen when its turn comes
+            shard.exe._cancel_job(shard, self._jid)
         return True
+
+
+class _Queued:
+    """A job of submit_nowait() waiting, in the gate's line, for a shard's credit."""
+
+    __slots__ = ("blob", "fid", "handle")
+
+    def __init__(self, fid: int, blob: bytes | None, handle: _Handle) -> None:
+        self.fid = fid
+        self.blob = blob
+        self.handle = handle
 
 
 class _Shard:
@@ -153,6 +165,7 @@ class ShardedExecutor(_Lifecycle):
         initializer: Callable[..., Any] | None = None,
         initargs: Sequence[Any] = (),
         max_per_second: float | None = None,
+        max_pending: int | None = None,
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
         progress: bool | int = False,
@@ -171,6 +184,7 @@ class ShardedExecutor(_Lifecycle):
             initializer=initializer,
             initargs=initargs,
             max_per_second=max_per_second,
+            max_pending=max_pending,
             errors=errors,
             on_error=on_error,
             progress=progress,
@@ -216,7 +230,11 @@ class ShardedExecutor(_Lifecycle):
         self._closed: asyncio.Future[None] | None = None  # set once the shards are stopped
         self._background: set[asyncio.Task[Any]] = set()  # failing a dead shard's jobs
         self._closing_task: asyncio.Task[Any] | None = None  # shutdown(wait=False)
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        # Blocked submitters (a future each) and submit_nowait()'s jobs, in one line.
+        self._waiters: deque[asyncio.Future[Any] | _Queued] = deque()
+        self._queued = 0  # submit_nowait() jobs in that line, not placed yet
+        self._wake_scheduled = False  # a rate-limited _wake() is due
+        self._max_pending = options.max_pending
         self._flush_scheduled = False
         self._next_jid = 0
         self._fids: dict[Any, int] = {}
@@ -286,7 +304,7 @@ class ShardedExecutor(_Lifecycle):
         running = min(inflight, sum(s.running for s in self._live))
         return ExecutorStats(
             submitted=self._submitted,
-            pending=inflight - running,
+            pending=inflight - running + self._queued,
             running=running,
             completed=self._completed,
             failed=self._failed,
@@ -302,28 +320,71 @@ class ShardedExecutor(_Lifecycle):
         """
         return await self._submit(fn, args, kwargs, True)
 
-    async def _submit(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
-    ) -> _Handle:
+    def submit_nowait(
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[T]:
+        """Send ``fn(*args, **kwargs)`` to a shard now if one has room, else queue it.
+
+        As ``CoroutineExecutor.submit_nowait``: a plain method, first in first out with
+        blocked ``await submit()`` calls, bounded by ``max_pending`` (``ExecutorFull``);
+        queued jobs still run at shutdown unless cancelled.  Needs a running event loop;
+        it starts the shards if they are not up yet.
+        """
+        fid, blob = self._encode(fn, args, kwargs, "submit_nowait")
+        if self._state is _State.OPEN and not self._waiters and self._pace is None:
+            best = self._least_loaded()
+            if best is not None:
+                best.credits -= 1
+                return self._place(best, fid, blob, True)
+        loop = asyncio.get_running_loop()
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._max_pending is not None and self._queued >= self._max_pending:
+            raise ExecutorFull(
+                f"{self!r}: no shard has room and {self._queued} jobs already queued "
+                f"(max_pending={self._max_pending})"
+            )
+        handle = _Handle(loop=loop)
+        handle._shard = None
+        handle._report = True
+        handle.add_done_callback(self._queued_cancelled)
+        self._waiters.append(_Queued(fid, blob, handle))
+        self._queued += 1
+        self._submitted += 1
+        if self._state is _State.NEW:
+            self._loop = loop
+            self._spawn_start()
+        elif self._state is _State.OPEN:
+            self._wake()
+        return handle
+
+    def _encode(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
+    ) -> tuple[int, bytes | None]:
+        """A job as it travels: its function's id (sent once per shard) and its pickled
+        arguments; or id -1 and the pickle of the whole call."""
         try:
             fid = self._fids.get(fn)
         except TypeError:  # an unhashable callable
             fid = None
         if fid is None:
-            fid = self._register(fn, "submit")
+            fid = self._register(fn, what)
         if fid >= 0:
             if args or kwargs:
                 try:
-                    blob: bytes | None = _dumps((args, kwargs), _PROTOCOL)
+                    return fid, _dumps((args, kwargs), _PROTOCOL)
                 except Exception as err:
                     raise _pickle_error(fn, err) from err
-            else:
-                blob = None
-        else:
-            try:
-                blob = _dumps((fn, args, kwargs), _PROTOCOL)
-            except Exception as err:
-                raise _pickle_error(fn, err) from err
+            return fid, None
+        try:
+            return fid, _dumps((fn, args, kwargs), _PROTOCOL)
+        except Exception as err:
+            raise _pickle_error(fn, err) from err
+
+    async def _submit(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
+    ) -> _Handle:
+        fid, blob = self._encode(fn, args, kwargs, "submit")
         if self._state is _State.OPEN and not self._waiters and self._pace is None:
             best = self._least_loaded()
             if best is not None:
@@ -444,6 +505,8 @@ class ShardedExecutor(_Lifecycle):
         self._starting.set_result(None)
         if self._capacity != started_capacity:  # resized while the shards started
             self._resize_shards(started_capacity)
+        if self._waiters:
+            self._wake()  # jobs queued by submit_nowait() before the shards were up
         if self._progress is not None:
             self._progress.start(loop)
         if self._timeout is not None:
@@ -531,14 +594,26 @@ class ShardedExecutor(_Lifecycle):
         self._fids[fn] = fid
         return fid
 
-    def _place(self, shard: _Shard, fid: int, blob: bytes | None, report: bool) -> _Handle:
-        """Put a job on ``shard`` (its credit is already taken)."""
+    def _place(
+        self,
+        shard: _Shard,
+        fid: int,
+        blob: bytes | None,
+        report: bool,
+        queued: _Handle | None = None,
+    ) -> _Handle:
+        """Put a job on ``shard`` (its credit is already taken); ``queued``: the handle a
+        job of submit_nowait() got when it was queued (and counted as submitted)."""
         jid = self._next_jid
         self._next_jid = jid + 1
-        handle = _Handle(loop=self._loop)
+        if queued is None:
+            handle = _Handle(loop=self._loop)
+            handle._report = report
+            self._submitted += 1
+        else:
+            handle = queued
         handle._jid = jid
         handle._shard = shard
-        handle._report = report
         shard.jobs[jid] = handle
         if fid not in shard.known:
             shard.known.add(fid)
@@ -547,7 +622,6 @@ class ShardedExecutor(_Lifecycle):
         outbox = shard.outbox
         outbox.append((jid, fid, blob))
         self._inflight += 1
-        self._submitted += 1
         if len(outbox) >= _BATCH:
             self._send(shard)
         elif not self._flush_scheduled:
@@ -599,17 +673,53 @@ class ShardedExecutor(_Lifecycle):
         return best
 
     def _wake(self) -> None:
-        """Hand free credits to blocked submitters, oldest first."""
+        """Hand free credits to the line, oldest first: a blocked submitter gets its
+        credit to place its job itself; a queued job (submit_nowait) is placed here, on
+        its turn when rate-limited."""
         waiters = self._waiters
+        pace = self._pace
+        loop = self._loop
         while waiters:
-            if waiters[0].done():
+            waiter = waiters[0]
+            if isinstance(waiter, _Queued) and waiter.handle.done():
+                waiters.popleft()  # cancelled while queued: counted by its callback
+                continue
+            if isinstance(waiter, asyncio.Future) and waiter.done():
                 waiters.popleft()
                 continue
             best = self._least_loaded()
             if best is None:
                 return
+            if isinstance(waiter, asyncio.Future):
+                best.credits -= 1
+                waiters.popleft()
+                waiter.set_result(best)
+                continue
+            if pace is not None:
+                at = pace.next_at()
+                if at > loop.time():
+                    if not self._wake_scheduled:
+                        self._wake_scheduled = True
+                        loop.call_at(at, self._paced_wake)
+                    return
+                pace.claim(loop.time())
+            waiters.popleft()
             best.credits -= 1
-            waiters.popleft().set_result(best)
+            self._queued -= 1
+            waiter.handle.remove_done_callback(self._queued_cancelled)
+            self._place(best, waiter.fid, waiter.blob, True, waiter.handle)
+
+    def _paced_wake(self) -> None:
+        self._wake_scheduled = False
+        self._wake()
+
+    def _queued_cancelled(self, handle: asyncio.Future[Any]) -> None:
+        # Only a queued job's handle has this callback, removed when the job is placed:
+        # it was cancelled (by its owner, or by a cancel-all) while queued.
+        self._queued -= 1
+        self._cancelled += 1
+        self._job_failed(_CancelledError(), True)
+        self._check_drained()
 
     # ------------------------------------------------------------------ sending
     def _flush(self) -> None:
@@ -726,7 +836,7 @@ class ShardedExecutor(_Lifecycle):
 
     def _check_drained(self) -> None:
         drained = self._drained
-        if drained is not None and not drained.done():
+        if drained is not None and not drained.done() and not self._inflight and not self._queued:
             drained.set_result(None)
 
     def _on_lost(self, shard: _Shard, exc: BaseException | None) -> None:
@@ -750,10 +860,18 @@ class ShardedExecutor(_Lifecycle):
         if was_alive and self._state is not _State.CLOSED:
             self._spawn(self._shard_died(shard, exc))
         if not self._live and self._waiters:
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_result(_NO_SHARD_LEFT)
+            waiters = list(self._waiters)
             self._waiters.clear()
+            for waiter in waiters:
+                if isinstance(waiter, asyncio.Future):
+                    if not waiter.done():
+                        waiter.set_result(_NO_SHARD_LEFT)
+                elif not waiter.handle.done():
+                    handle = waiter.handle
+                    handle.remove_done_callback(self._queued_cancelled)
+                    self._queued -= 1
+                    self._fail(handle, ShardCrashed("every shard of this ShardedExecutor has died"))
+            self._check_drained()
 
     async def _shard_died(self, shard: _Shard, exc: BaseException | None) -> None:
         how, code = await shard.transport.describe_loss(exc)
@@ -777,6 +895,24 @@ class ShardedExecutor(_Lifecycle):
         if not self._inflight:
             self._check_drained()
 
+    def _spawn_start(self) -> None:
+        """submit_nowait() before the shards are up: start them in the background."""
+
+        async def start() -> None:
+            try:
+                await self._ensure_started()
+            except BaseException as err:
+                # The shards could not start: the queued jobs fail with that error.
+                error = err if isinstance(err, Exception) else RuntimeError(repr(err))
+                for waiter in list(self._waiters):
+                    if isinstance(waiter, _Queued) and not waiter.handle.done():
+                        waiter.handle.remove_done_callback(self._queued_cancelled)
+                        self._queued -= 1
+                        self._fail(waiter.handle, error)
+                self._waiters.clear()
+
+        self._spawn(start())
+
     def _spawn(self, coro: Any) -> None:
         task = self._loop.create_task(coro)
         self._background.add(task)
@@ -786,15 +922,22 @@ class ShardedExecutor(_Lifecycle):
     def _close(self) -> None:
         if self._state in (_State.OPEN, _State.STARTING):
             self._state = _State.CLOSING
+        # Blocked submitters have submitted nothing yet: they raise RuntimeError.  Jobs
+        # queued by submit_nowait() were submitted: they still run (shutdown waits for
+        # them) unless cancelled.
+        queued = [w for w in self._waiters if isinstance(w, _Queued)]
         for waiter in self._waiters:
-            if not waiter.done():
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
                 waiter.set_result(None)
-        self._waiters.clear()
+        self._waiters = deque(queued)
 
     def _cancel_all(self) -> None:
         """Cancel every unfinished job; their cancellations are not job errors."""
         self._aborting = True
         self._close()
+        for waiter in list(self._waiters):
+            if isinstance(waiter, _Queued):
+                waiter.handle.cancel()  # counted by its callback
         for shard in self._shards:
             for handle in shard.jobs.values():
                 if not handle.done():
@@ -811,7 +954,7 @@ class ShardedExecutor(_Lifecycle):
         """
         propagate: BaseException | None = None
         loop = self._loop
-        while self._inflight:
+        while self._inflight or self._queued:
             try:
                 if self._drained is None or self._drained.done():
                     self._drained = loop.create_future()
