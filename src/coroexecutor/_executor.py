@@ -135,26 +135,14 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         """
         return _map_unordered(self, fn, self._map_input("map_unordered", fn, iterables))
 
-    async def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking jobs; with ``wait``, wait for every job to end.
-
-        ``cancel_futures`` cancels the unfinished jobs first.  ``wait=False`` cancels
-        them and returns at once without raising.  With ``wait=True`` the first job
-        error (fail-fast mode) or the executor's TimeoutError is raised here.
-        """
-        if not self._bound():
+    async def _prepare_shutdown(self) -> bool:
+        if not self._bound():  # never used: nothing to stop
             self._state = _State.CLOSED
-            return
-        self._close()
-        if cancel_futures or not wait:
-            self._cancel_all()
-        if not wait:
-            self._stop_idle_workers()
-            return
-        cancelled = await self._finish()
-        if cancelled is not None:
-            raise cancelled
-        self._raise_error()
+            return False
+        return True
+
+    def _stop_without_waiting(self) -> None:
+        self._stop_idle_workers()
 
     async def __aenter__(self) -> CoroutineExecutor:
         self._claim_entry(used=self._bound())

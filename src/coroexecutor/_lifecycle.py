@@ -166,6 +166,15 @@ class _Lifecycle:
         def _check_map_fn(self, fn: Any, what: str) -> None:
             """Refuse a job function this executor cannot run, before map() starts."""
 
+        def _prepare_shutdown(self) -> Awaitable[bool]:
+            """Whether there is anything to shut down (False: never used; now closed)."""
+
+        def _stop_without_waiting(self) -> None:
+            """shutdown(wait=False): let what is left end in the background."""
+
+        def _close(self) -> None:
+            """Take no new job (CLOSING)."""
+
         def stats(self) -> ExecutorStats: ...
 
     def _init_lifecycle(self, options: _Options) -> None:
@@ -296,6 +305,28 @@ class _Lifecycle:
         if self._error is not None and (body_error is None or job_error_first):
             self._error_raised = True
             raise self._error
+
+    # ------------------------------------------------------------------ shutdown
+    async def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking jobs; with ``wait``, wait for every job to end.
+
+        ``cancel_futures`` cancels the unfinished jobs first.  ``wait=False`` cancels
+        them and returns at once without raising (what is left ends in the background;
+        leaving the ``async with`` block waits for it).  With ``wait=True`` the first
+        job error (fail-fast mode) or the executor's TimeoutError is raised here.
+        """
+        if not await self._prepare_shutdown():
+            return
+        self._close()
+        if cancel_futures or not wait:
+            self._cancel_all()
+        if not wait:
+            self._stop_without_waiting()
+            return
+        cancelled = await self._finish()
+        if cancelled is not None:
+            raise cancelled
+        self._raise_error()
 
     # ------------------------------------------------------------------ shared rules
     def _check_open(self) -> None:

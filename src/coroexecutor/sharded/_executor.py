@@ -427,30 +427,18 @@ class ShardedExecutor(_Lifecycle):
         """Like map(), but yield each result as soon as its job ends."""
         return _map_unordered(self, fn, self._map_input("map_unordered", fn, iterables))
 
-    async def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking jobs; with ``wait``, wait for every job, then stop the shards.
-
-        ``cancel_futures`` cancels the unfinished jobs first.  ``wait=False`` cancels
-        them and returns at once without raising (the shards stop in the background;
-        leaving the ``async with`` block waits for that).  With ``wait=True`` the first
-        job error (fail-fast mode) or the executor's TimeoutError is raised here.
-        """
-        if self._state is _State.NEW:
+    async def _prepare_shutdown(self) -> bool:
+        if self._state is _State.NEW:  # never started: nothing to stop
             self._state = _State.CLOSED
-            return
+            return False
         if self._starting is not None and not self._starting.done():
             await asyncio.shield(self._starting)
-        self._close()
-        if cancel_futures or not wait:
-            self._cancel_all()
-        if not wait:
-            if self._closing_task is None:
-                self._closing_task = self._loop.create_task(self._finish())
-            return
-        cancelled = await self._finish()
-        if cancelled is not None:
-            raise cancelled
-        self._raise_error()
+        return True
+
+    def _stop_without_waiting(self) -> None:
+        # The shards stop in the background; leaving the `async with` waits for that.
+        if self._closing_task is None:
+            self._closing_task = self._loop.create_task(self._finish())
 
     async def __aenter__(self) -> ShardedExecutor:
         self._claim_entry(used=self._state is not _State.NEW)
