@@ -50,6 +50,8 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         progress: bool | int = False,
     ) -> None:
         _check_count("max_workers", max_workers)
+        # Each constructor spells out the options it takes, for its users; checking
+        # them is _Options.check's, once for both executors.
         options = _Options.check(
             suppress_task_errors=suppress_task_errors,
             timeout=timeout,

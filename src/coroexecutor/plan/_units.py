@@ -72,27 +72,27 @@ def parse_workers(text: str) -> list[int]:
     return sorted(counts)
 
 
-def format_ms(seconds: float) -> str:
-    """A time in milliseconds with three significant digits: 0.0123 -> '12.3'."""
-    ms = seconds * 1e3
-    if ms == 0:
-        return "0"
-    if ms >= 100:
-        return f"{ms:,.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
-
-
-def format_count(x: float) -> str:
-    """A rate or count for people: 8312.4 -> '8,312', 12.34 -> '12.3'."""
+def _three_figures(x: float) -> str:
+    """About three significant digits, thousands separated: 8312.4 -> '8,312',
+    12.34 -> '12.3', 1.234 -> '1.23' (and 0.1234 -> '0.12')."""
     if x >= 100:
         return f"{x:,.0f}"
     if x >= 10:
         return f"{x:.1f}"
     return f"{x:.2f}"
+
+
+def format_ms(seconds: float) -> str:
+    """A time in milliseconds with three significant digits: 0.0123 -> '12.3'."""
+    ms = seconds * 1e3
+    if ms == 0:
+        return "0"
+    return _three_figures(ms) if ms >= 1 else f"{ms:.3f}"
+
+
+def format_count(x: float) -> str:
+    """A rate or count for people: 8312.4 -> '8,312', 12.34 -> '12.3'."""
+    return _three_figures(x)
 
 
 def format_duration(seconds: float) -> str:

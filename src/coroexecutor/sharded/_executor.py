@@ -177,6 +177,8 @@ class ShardedExecutor(_Lifecycle):
         self._max_workers = _check_count("max_workers", max_workers)
         if backend not in ("process", "ray"):
             raise ValueError(f'backend must be "process" or "ray", got {backend!r}')
+        # Each constructor spells out the options it takes, for its users; checking
+        # them is _Options.check's, once for both executors.
         options = _Options.check(
             suppress_task_errors=suppress_task_errors,
             timeout=timeout,
@@ -331,11 +333,9 @@ class ShardedExecutor(_Lifecycle):
         it starts the shards if they are not up yet.
         """
         fid, blob = self._encode(fn, args, kwargs, "submit_nowait")
-        if self._state is _State.OPEN and not self._waiters and self._pace is None:
-            best = self._least_loaded()
-            if best is not None:
-                best.credits -= 1
-                return self._place(best, fid, blob, True)
+        handle = self._place_now(fid, blob, True)
+        if handle is not None:
+            return handle
         loop = asyncio.get_running_loop()
         if self._state in (_State.CLOSING, _State.CLOSED):
             raise RuntimeError("cannot schedule new futures after shutdown")
@@ -385,15 +385,23 @@ class ShardedExecutor(_Lifecycle):
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
     ) -> _Handle:
         fid, blob = self._encode(fn, args, kwargs, "submit")
+        handle = self._place_now(fid, blob, report)
+        if handle is not None:
+            return handle
+        shard = await self._wait_for_credit()
+        if self._pace is not None:
+            await self._wait_for_turn(shard)
+        return self._place(shard, fid, blob, report)
+
+    def _place_now(self, fid: int, blob: bytes | None, report: bool) -> _Handle | None:
+        """The fast path: place the job at once if a shard has room and nobody is ahead
+        in line (and no rate limit applies); else None."""
         if self._state is _State.OPEN and not self._waiters and self._pace is None:
             best = self._least_loaded()
             if best is not None:
                 best.credits -= 1
                 return self._place(best, fid, blob, report)
-        shard = await self._wait_for_credit()
-        if self._pace is not None:
-            await self._wait_for_turn(shard)
-        return self._place(shard, fid, blob, report)
+        return None
 
     async def _wait_for_turn(self, shard: _Shard) -> None:
         """max_per_second, one rate over every shard: wait, holding the credit taken on
