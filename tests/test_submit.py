@@ -467,7 +467,7 @@ def test_used_from_a_second_event_loop_is_refused_on_the_fast_path(
     assert ran == [1, 2]
     st = exe.stats()
     assert (st.submitted, st.completed, st.running) == (2, 2, 0), st
-    assert exe._running == 0  # the refused job's count was given back
+    assert exe._counted == 0  # the refused job's count was given back
     if first_loop_state == "open":
         first.run(exe.shutdown())
         first.close()

@@ -37,9 +37,9 @@ cdef class _Runner:
 
 cdef class _Engine:
     cdef public Py_ssize_t _limit
-    cdef public Py_ssize_t _cap
-    cdef public Py_ssize_t _running
-    cdef public Py_ssize_t _active
+    cdef public Py_ssize_t _fast_limit
+    cdef public Py_ssize_t _counted
+    cdef public Py_ssize_t _suspended
     cdef public Py_ssize_t _pending
     cdef public Py_ssize_t _completed
     cdef public Py_ssize_t _failed

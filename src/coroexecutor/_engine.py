@@ -399,13 +399,17 @@ class _Engine:
     _loop_getter: Callable[[], asyncio.AbstractEventLoop]  # a C callable returning _loop
 
     def __init__(self, max_workers: int, copy_context: bool) -> None:
-        self._limit = max_workers
-        # The gate: a job may start while _running < _cap.  _cap is 0 until the
-        # executor is bound to a loop and once it is closing, so both send submit()
-        # to its slow path with one comparison on the fast one.
-        self._cap = 0
-        self._running = 0  # jobs holding a count (the ones max_workers limits)
-        self._active = 0  # jobs that suspended and have not ended (each on a runner)
+        self._limit = max_workers  # max_workers
+        # The gate.  _counted: jobs holding a count, the ones max_workers limits (from
+        # their start, in submit, to their end).  The fast path starts a job while
+        # _counted < _fast_limit; _fast_limit is _limit, or 0 until the executor is bound
+        # to a loop, once it is closing, and under a rate limit, which sends submit() to
+        # its slow path with the one comparison the fast path makes anyway.
+        self._fast_limit = 0
+        self._counted = 0
+        # Jobs that suspended and have not ended, each on a runner: what stats() calls
+        # "running" (a job that ends in its first step, inside submit, never is).
+        self._suspended = 0
         # First in, first out: blocked submitters (a future each) and queued jobs of
         # submit_nowait(), in the order they arrived.
         self._waiters: deque[asyncio.Future[Any] | _Queued] = deque()
@@ -420,7 +424,7 @@ class _Engine:
         self._plain_futures = False
         self._context: contextvars.Context | None = None
         self._done_fut: asyncio.Future[None] | None = None
-        # Set when no job is left to wait for (_active and _pending both 0).
+        # Set when no job is left to wait for (_suspended and _pending both 0).
         self._drained: asyncio.Future[None] | None = None
         self._workers_gone: asyncio.Future[None] | None = None  # set when the last worker ends
         self._state = _State.OPEN
@@ -452,7 +456,7 @@ class _Engine:
         """Open submit()'s fast path only where it may be used: bound, open, no rate limit."""
         bound = self._bound()
         plain = self._state is _OPEN and self._pace is None and bound
-        self._cap = self._limit if plain else 0
+        self._fast_limit = self._limit if plain else 0
 
     # ------------------------------------------------------------------ submit
     async def submit(
@@ -464,8 +468,8 @@ class _Engine:
         inside this call, and runs until its first suspension before submit returns
         (as with ``asyncio.eager_task_factory``).
         """
-        if self._running < self._cap:
-            self._running += 1
+        if self._counted < self._fast_limit:
+            self._counted += 1
             return self._start(fn, args, kwargs, True)  # refuses a bad fn itself
         return await self._submit_slow(fn, args, kwargs, True)
 
@@ -480,8 +484,8 @@ class _Engine:
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
         self._check_open()  # type: ignore[attr-defined]
-        if self._running < self._limit and not self._waiters:
-            self._running += 1
+        if self._counted < self._limit and not self._waiters:
+            self._counted += 1
         else:
             # Full.  A job submitting to its own executor lends its count to the new
             # job (which starts now) and waits for a count to resume: W producers can
@@ -536,16 +540,16 @@ class _Engine:
         """
         if not callable(fn):
             _check_fn(fn, "submit_nowait")
-        if self._running < self._cap:
-            self._running += 1
+        if self._counted < self._fast_limit:
+            self._counted += 1
             return self._start(fn, args, kwargs, True)
         if not self._bound():
             self._bind()
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
         self._check_open()  # type: ignore[attr-defined]
-        if self._running < self._limit and not self._waiters and self._pace is None:
-            self._running += 1
+        if self._counted < self._limit and not self._waiters and self._pace is None:
+            self._counted += 1
             return self._start(fn, args, kwargs, True)
         if self._max_pending is not None and self._pending >= self._max_pending:
             raise self._full_error()  # type: ignore[attr-defined]
@@ -553,8 +557,8 @@ class _Engine:
         job = _Queued(fn, args, kwargs, handle, True)
         handle.add_done_callback(self._queued_handle_done)
         self._pending += 1
-        if self._running < self._limit and not self._waiters:  # rate-limited: wait for a turn
-            self._running += 1
+        if self._counted < self._limit and not self._waiters:  # rate-limited: wait for a turn
+            self._counted += 1
             self._ready.append(job)
             self._schedule_ready()
         else:
@@ -608,7 +612,7 @@ class _Engine:
         """
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._waiters.append(fut)
-        if self._running < self._limit:
+        if self._counted < self._limit:
             # Counts came free with nobody to hand them to (a lent count whose job ended
             # at once, inside submit): take ours now, in turn.
             self._admit()
@@ -622,7 +626,7 @@ class _Engine:
 
     def _release(self) -> None:
         """A counted job ended: free its count, and hand free counts on, FIFO."""
-        self._running -= 1
+        self._counted -= 1
         if self._waiters:
             self._admit()
 
@@ -633,16 +637,16 @@ class _Engine:
         free counts until the executor is under the new limit.
         """
         waiters = self._waiters
-        while waiters and self._running < self._limit:
+        while waiters and self._counted < self._limit:
             waiter = waiters.popleft()
             if isinstance(waiter, _Queued):
                 if waiter.handle.done():
                     continue  # cancelled while queued (already counted)
-                self._running += 1
+                self._counted += 1
                 self._ready.append(waiter)
                 self._schedule_ready()
             elif not waiter.done():
-                self._running += 1
+                self._counted += 1
                 waiter.set_result(None)
 
     # ------------------------------------------------------------------ job start
@@ -746,11 +750,11 @@ class _Engine:
                 if self._waiters:
                     self._release()
                 else:
-                    self._running -= 1
+                    self._counted -= 1
                 free.append(runner)
             return handle
         # The job suspended: the runner's task takes it from here.
-        self._active += 1
+        self._suspended += 1
         runner.coro = coro
         runner.handle = handle
         runner.report = report
@@ -883,7 +887,7 @@ class _Engine:
         runner.handle = None
         runner.coro = None
         if handle.done():  # its handle was cancelled while the job ran
-            self._active -= 1
+            self._suspended -= 1
             self._cancelled += 1
             self._end_runner(runner)
             self._job_cancelled_by_handle(runner.report)
@@ -891,18 +895,18 @@ class _Engine:
         handle.remove_done_callback(runner.on_handle_done)
         handle.set_result(result)
         self._completed += 1
-        self._active -= 1
+        self._suspended -= 1
         if runner.counted:
             if self._waiters:
                 self._release()
             else:
-                self._running -= 1
+                self._counted -= 1
         else:
             runner.counted = True
         if self._state is _OPEN and not self._copy_context and not runner.task.cancelling():  # type: ignore[union-attr]
             runner.state = _IDLE
             self._free.append(runner)
-            if self._active == 0 and self._drained is not None:
+            if self._suspended == 0 and self._drained is not None:
                 self._check_drained()
         else:
             runner.counted = False  # released above
@@ -913,7 +917,7 @@ class _Engine:
         assert handle is not None
         runner.handle = None
         runner.coro = None
-        self._active -= 1
+        self._suspended -= 1
         handle.remove_done_callback(runner.on_handle_done)
         report = runner.report
         self._end_runner(runner)
@@ -936,7 +940,7 @@ class _Engine:
 
     def _check_drained(self) -> None:
         drained = self._drained
-        if self._active == 0 and self._pending == 0 and drained is not None and not drained.done():
+        if drained is not None and not drained.done() and not self._suspended and not self._pending:
             drained.set_result(None)
 
     def _settle_raised(self, handle: asyncio.Future[Any], exc: BaseException, report: bool) -> None:

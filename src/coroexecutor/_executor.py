@@ -98,7 +98,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
     def stats(self) -> ExecutorStats:
         """The job counts now, as a frozen ExecutorStats."""
         pending = self._pending
-        running = self._active
+        running = self._suspended  # a job counts as running once it first suspends
         done = self._completed + self._failed + self._cancelled
         return ExecutorStats(
             submitted=pending + running + done,
@@ -187,12 +187,12 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         """
         propagate: BaseException | None = None
         loop = self._loop
-        while self._active or self._pending or self._tasks:
-            if not self._active and not self._pending:
+        while self._suspended or self._pending or self._tasks:
+            if not self._suspended and not self._pending:
                 self._close()
                 self._stop_idle_workers()
             try:
-                if self._active or self._pending:
+                if self._suspended or self._pending:
                     if self._drained is None or self._drained.done():
                         self._drained = loop.create_future()
                     await self._drained

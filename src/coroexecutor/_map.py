@@ -4,7 +4,7 @@ One copy for CoroutineExecutor and ShardedExecutor.  What they need of an execut
 ``_submit_for_map(fn, args)`` (submit, waiting for room; the job's errors belong to the
 map, not to fail-fast) and ``_max_in_flight`` (how many jobs can run at once: the reorder
 buffer's bound).  On CoroutineExecutor's engine, with sync input, the loops below take
-the engine's fast path inline (``_running < _cap``, then ``_start``): a measured
+the engine's fast path inline (``_counted < _fast_limit``, then ``_start``): a measured
 specialisation, the hot path of map.
 """
 
@@ -98,8 +98,8 @@ async def _map(
             # path of map (FOR_ITER, no call per item); the general one needs an await.
             for args in it:
                 # submit()'s fast path, inlined.
-                if exe._running < exe._cap:
-                    exe._running += 1
+                if exe._counted < exe._fast_limit:
+                    exe._counted += 1
                     handle = exe._start(fn, args, _NO_KWARGS, False)
                 else:
                     handle = await exe._submit_for_map(fn, args)
@@ -159,8 +159,8 @@ async def _map_unordered(
                 if args is None:
                     exhausted = True
                 else:
-                    if engine is not None and engine._running < engine._cap:
-                        engine._running += 1
+                    if engine is not None and engine._counted < engine._fast_limit:
+                        engine._counted += 1
                         handle = engine._start(fn, args, _NO_KWARGS, False)
                     else:
                         handle = await exe._submit_for_map(fn, args)
