@@ -110,11 +110,12 @@ leakcheck: $(VENV)/.test-installed
 		COROEXECUTOR_NO_EXTENSIONS=$$engine $(PY) scripts/leakcheck.py --jobs $(JOBS_PER_KIND) $$loop \
 		|| exit 1; done; done
 
-## make test-ray: the ShardedExecutor suite and the contract suite on a local Ray instance
+## make test-ray: the ShardedExecutor suite and the contract suite on a local Ray instance,
+## then a three-node Ray cluster on this machine with a node removed mid-run
 ## (installs ray, ~1 min).
 test-ray: $(VENV)/.test-installed
 	$(PY) -m pip install -q -e '.[ray]'
-	$(PY) -m pytest -p no:cacheprovider tests/test_sharded_ray.py
+	$(PY) -m pytest -p no:cacheprovider tests/test_sharded_ray.py tests/test_sharded_ray_cluster.py
 
 clean:
 	rm -rf $(VENV) .nox .mypy_cache .ruff_cache .pytest_cache build dist

@@ -121,3 +121,11 @@ async def block_loop(seconds: float) -> None:
 
 async def sleep10ms() -> None:
     await asyncio.sleep(0.01)
+
+
+async def node_after(dt: float) -> str:
+    """Sleep, then say which Ray node this shard runs on (Ray backend only)."""
+    import ray
+
+    await asyncio.sleep(dt)
+    return str(ray.get_runtime_context().get_node_id())
