@@ -97,30 +97,15 @@ else:  # pragma: no cover - exercised on 3.11 only
 _LIVE: Final[set[Any]] = set()
 
 
-# What a runner is doing.  Plain ints: they are compared on the hot path.
-#
-#   state    meaning                                           next
-#   -------  ------------------------------------------------  ---------------------------
-#   _IDLE    on the free list: no job; parked on itself, or    _EAGER (submit steps a job
-#            its task has not taken its first step yet          on it), _STOP
-#   _EAGER   a job is being stepped inside submit(), with the  _IDLE (it ended there),
-#            runner's task made the current task               _RESUME/_YIELD/_WAIT (it
-#                                                              suspended), _STOP
-#   _WAIT    parked; the job waits on ``first``, and the       _RUN (first is done)
-#            task's wake-up is attached to it
-#   _RESUME  the task's next step resumes the job (send None)  _RUN
-#   _YIELD   the task's next step hands ``first`` to the task  _RUN
-#   _RUN     the task drives the job, step by step             _IDLE (the job ended: back
-#                                                              on the free list), _STOP
-#   _STOP    the task is to end at its next step               (the task ends)
-#
-# A job is in flight from its suspension (_RESUME/_YIELD/_WAIT) until it ends in _RUN.
+# A runner's states (the table is _Runner's docstring).  Plain ints: they are compared
+# on the hot path.
 _OPEN: Final = _State.OPEN  # a global, not an Enum class attribute: read per job
 _GO: Final = object()  # _Runner._step(): step the job now
 # A job's coroutine returned (its value is in runner.returned): what the compiled
 # engine's C helpers give instead of raising StopIteration, and so the pure one's too.
 _RETURNED: Final = object()
 
+# (Like any table of named constants, this one has the shape of sharded/_protocol's.)
 _IDLE: Final = 0
 _EAGER: Final = 1
 _WAIT: Final = 2
@@ -140,6 +125,31 @@ class _Runner:
     hands it its wake-up callback.  That wake-up is then attached straight to the future
     a new job waits on, so the job resumes exactly when a task of its own would have:
     the hand-off costs no loop step.
+
+    States (``state``) and transitions::
+
+      state    meaning                                           next
+      -------  ------------------------------------------------  -------------------------
+      _IDLE    on the free list: no job; parked on itself, or    _EAGER (submit steps a
+               its task has not taken its first step yet          job on it), _STOP
+      _EAGER   a job is being stepped inside submit(), with the  _IDLE (it ended there),
+               runner's task made the current task               _RESUME/_YIELD/_WAIT (it
+                                                                 suspended), _STOP
+      _WAIT    parked; the job waits on ``first``, and the       _RUN (first is done)
+               task's wake-up is attached to it
+      _RESUME  the task's next step resumes the job (send None)  _RUN
+      _YIELD   the task's next step hands ``first`` to the task  _RUN
+      _RUN     the task drives the job, step by step             _IDLE (the job ended:
+                                                                 back on the free list),
+                                                                 _STOP
+      _STOP    the task is to end at its next step               (the task ends)
+
+    A job is in flight from its suspension (_RESUME/_YIELD/_WAIT) until it ends in _RUN.
+    Beside the state, four flags: ``parked`` (the task waits on this runner: waking it
+    needs its ``wakeup``), ``counted`` (the job holds a count; False while it lends it to
+    a child job, ``_submit_slow``), ``cancel_requested`` (the job cancelled its own task
+    in its first step) and ``release_on_exit`` (the count goes back when the task ends:
+    ``copy_context``).  The cold paths assert the states they expect.
     """
 
     __slots__ = (
@@ -853,6 +863,7 @@ class _Engine:
 
     def _retire(self, runner: _Runner) -> None:
         """A runner with no job is to end (its task ends at its next step)."""
+        assert runner.state in (_IDLE, _STOP), runner.state
         runner.state = _STOP
         if runner.parked:
             runner.parked = False
@@ -913,6 +924,9 @@ class _Engine:
             self._end_runner(runner)
 
     def _job_raised(self, runner: _Runner, exc: BaseException) -> None:
+        # Its first lines are _job_returned()'s, written out in both: that one is the
+        # hot path of every job that suspends, and pays no call for them.
+        assert runner.state == _RUN, runner.state
         handle = runner.handle
         assert handle is not None
         runner.handle = None
@@ -925,6 +939,7 @@ class _Engine:
 
     def _end_runner(self, runner: _Runner) -> None:
         """The job on ``runner`` ended: release its count and recycle or retire it."""
+        assert runner.state == _RUN, runner.state
         if runner.counted:
             self._release()
         runner.counted = True

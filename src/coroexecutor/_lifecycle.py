@@ -88,7 +88,7 @@ class _Options:
     progress: int | None  # None: no bar; 0: a bar of unknown total
 
     @classmethod
-    def check(
+    def check(  # the executors' constructors repeat these options, for their users
         cls,
         *,
         suppress_task_errors: bool = False,

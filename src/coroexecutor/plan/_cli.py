@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_typed(lambda t: parse_duration(t, allow_zero=True)),
         help="synthetic: how long each job waits (default 50ms)",
     )
+    # One add_argument per option below, of one shape: argparse's own way.
     job.add_argument(
         "--jitter",
         type=_typed(parse_share),

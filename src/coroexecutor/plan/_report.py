@@ -218,6 +218,7 @@ def write_plot(
     top.set_ylabel("throughput (jobs/s)")
     top.set_ylim(bottom=0)
     top.grid(True, which="both", alpha=0.3)
+    # One plot() per line of the chart, of one shape: matplotlib's own way.
     bottom.plot(
         xs, [max(s.lag_p99_s * 1e3, 1e-3) for s in ok], "o-", color="C3", label="loop lag p99"
     )

@@ -107,7 +107,7 @@ class _ProcessTransport(_Transport):
         self.protocol: _FrameProtocol | None = None
         self.lost: asyncio.Future[None] | None = None
 
-    async def start(
+    async def start(  # _Transport.start, whose signature each transport repeats
         self,
         on_frame: Callable[[bytes | memoryview], None],
         on_lost: Callable[[BaseException | None], None],

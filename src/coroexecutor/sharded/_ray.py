@@ -133,7 +133,7 @@ class _RayTransport(_Transport):
         self.ended: asyncio.Future[None] | None = None
         self.loss: BaseException | None = None
 
-    async def start(
+    async def start(  # _Transport.start, whose signature each transport repeats
         self,
         on_frame: Callable[[bytes | memoryview], None],
         on_lost: Callable[[BaseException | None], None],
