@@ -22,13 +22,13 @@ cdef class _Runner:
     cdef public bint counted
     cdef public object ctx
     cdef public _Engine engine
-    cdef public object first
+    cdef public object yielded
     cdef public object get_loop
     cdef public object handle
     cdef public object on_handle_done
     cdef public bint parked
     cdef public bint release_on_exit
-    cdef public bint report
+    cdef public bint to_executor
     cdef public object returned
     cdef public int state
     cdef public object task
@@ -64,7 +64,7 @@ cdef class _Engine:
     cdef public object _max_pending
 
     # C calls from the engine itself; still methods to Python (CoroutineExecutor, map).
-    cpdef _start(self, fn, tuple args, dict kwargs, bint report, handle=*)
+    cpdef _start(self, fn, tuple args, dict kwargs, bint to_executor, handle=*)
     cpdef _release(self)
     cpdef _job_returned(self, _Runner runner, result)
 

@@ -135,10 +135,11 @@ class _Runner:
       _EAGER   a job is being stepped inside submit(), with the  _IDLE (it ended there),
                runner's task made the current task               _RESUME/_YIELD/_WAIT (it
                                                                  suspended), _STOP
-      _WAIT    parked; the job waits on ``first``, and the       _RUN (first is done)
-               task's wake-up is attached to it
+      _WAIT    parked; the job waits on ``yielded`` (what its    _RUN (``yielded`` is
+               first step yielded), and the task's wake-up is    done)
+               attached to it
       _RESUME  the task's next step resumes the job (send None)  _RUN
-      _YIELD   the task's next step hands ``first`` to the task  _RUN
+      _YIELD   the task's next step hands ``yielded`` to it      _RUN
       _RUN     the task drives the job, step by step             _IDLE (the job ended:
                                                                  back on the free list),
                                                                  _STOP
@@ -160,17 +161,17 @@ class _Runner:
         "counted",
         "ctx",
         "engine",
-        "first",
         "get_loop",
         "handle",
         "on_handle_done",
         "parked",
         "release_on_exit",
-        "report",
         "returned",
         "state",
         "task",
+        "to_executor",
         "wakeup",
+        "yielded",
     )
 
     def __init__(self, engine: _Engine, ctx: contextvars.Context) -> None:
@@ -182,10 +183,10 @@ class _Runner:
         self._asyncio_future_blocking = False
         self.coro: Coroutine[Any, Any, Any] | None = None
         self.handle: asyncio.Future[Any] | None = None
-        self.first: Any = None
+        self.yielded: Any = None
         self.returned: Any = None  # what the job's coroutine returned, until it is taken
         self.state = _IDLE
-        self.report = True
+        self.to_executor = True
         self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
         self.cancel_requested = False
         self.release_on_exit = False
@@ -205,7 +206,7 @@ class _Runner:
                 # suspends comes through here once.
                 self.state = _RUN
                 self.parked = False
-                self.first = None
+                self.yielded = None
             else:
                 out = self._step(None)
                 if out is not _GO:
@@ -307,17 +308,17 @@ class _Runner:
             raise StopIteration
         assert state in (_WAIT, _RESUME, _YIELD), state
         self.parked = False
-        first = self.first
-        self.first = None
+        yielded = self.yielded
+        self.yielded = None
         self.state = _RUN
         if state == _YIELD:
             if exc is None:
                 # The job's first step yielded ``first``: give it to the task now.
-                if asyncio.isfuture(first):
-                    first._asyncio_future_blocking = True  # as Future.__await__ does
-                return first
-            if asyncio.isfuture(first):
-                first.cancel()  # the task is cancelled before it waited on it
+                if asyncio.isfuture(yielded):
+                    yielded._asyncio_future_blocking = True  # as Future.__await__ does
+                return yielded
+            if asyncio.isfuture(yielded):
+                yielded.cancel()  # the task is cancelled before it waited on it
         return _GO
 
     # ---------------------------------------------------------------- as a future
@@ -345,7 +346,7 @@ class _Runner:
         state: cython.int = self.state
         if state == _WAIT:
             # Cancel what the job waits on, as Task.cancel does with its _fut_waiter.
-            return bool(self.first.cancel(msg))
+            return bool(self.yielded.cancel(msg))
         if state == _EAGER:
             # The job cancelled its own task during its first step: deliver it at the
             # job's next resumption, as a task's pending cancellation would be.
@@ -381,7 +382,7 @@ _collections_abc.Coroutine.register(_Runner)
 class _Queued:
     """A job of submit_nowait() waiting for a worker (or, rate-limited, for its turn)."""
 
-    __slots__ = ("args", "fn", "handle", "kwargs", "report")
+    __slots__ = ("args", "fn", "handle", "kwargs", "to_executor")
 
     def __init__(
         self,
@@ -389,13 +390,13 @@ class _Queued:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         handle: asyncio.Future[Any],
-        report: bool,
+        to_executor: bool,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.handle = handle
-        self.report = report
+        self.to_executor = to_executor
 
 
 class _Engine:
@@ -484,7 +485,7 @@ class _Engine:
         return await self._submit_slow(fn, args, kwargs, True)
 
     async def _submit_slow(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], to_executor: bool
     ) -> asyncio.Future[Any]:
         """submit() when the gate is shut: not yet bound, full, or closed."""
         if not callable(fn):
@@ -505,7 +506,7 @@ class _Engine:
                 parent.counted = False
                 if self._pace is not None:
                     await self._wait_for_turn()
-                handle = self._start(fn, args, kwargs, report)
+                handle = self._start(fn, args, kwargs, to_executor)
                 if await self._wait_for_count():
                     parent.counted = True
                 return handle
@@ -513,7 +514,7 @@ class _Engine:
                 self._check_open()  # type: ignore[attr-defined]
         if self._pace is not None:
             await self._wait_for_turn()
-        return self._start(fn, args, kwargs, report)
+        return self._start(fn, args, kwargs, to_executor)
 
     async def _submit_for_map(self, fn: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """map()'s submit when the fast path is shut: its jobs' errors are the map's."""
@@ -611,7 +612,7 @@ class _Engine:
                 continue
             handle.remove_done_callback(self._queued_handle_done)
             self._pending -= 1
-            self._start(job.fn, job.args, job.kwargs, job.report, handle)
+            self._start(job.fn, job.args, job.kwargs, job.to_executor, handle)
         self._ready_scheduled = False
         self._check_drained()
 
@@ -665,7 +666,7 @@ class _Engine:
         fn: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        report: bool,
+        to_executor: bool,
         handle: asyncio.Future[Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Start one job; the caller holds a count for it.
@@ -692,7 +693,7 @@ class _Engine:
                 _check_fn(fn, "submit")
             if type(exc) is _NotAwaitable and not queued:
                 raise TypeError(*exc.args) from None  # the caller's mistake, not a job's
-            self._settle_raised(handle, exc, report)
+            self._settle_raised(handle, exc, to_executor)
             return handle
         # Typed locals: C field access in the compiled engine (plain names here).
         runner: _Runner
@@ -718,14 +719,14 @@ class _Engine:
         try:
             if cython.compiled:
                 # Context.run() and send(), minus the call and the StopIteration.
-                first = _c_send_in(runner, coro)  # type: ignore[name-defined]  # noqa: F821
+                yielded = _c_send_in(runner, coro)  # type: ignore[name-defined]  # noqa: F821
             else:
-                first = runner.ctx.run(_send, coro, None)
+                yielded = runner.ctx.run(_send, coro, None)
         except StopIteration as stop:
             # Only the value is kept past this block: holding the exception (to branch on
             # it later) would make a frame <-> traceback cycle per job for the GC, +30 %.
             runner.returned = stop.value
-            first = _RETURNED
+            yielded = _RETURNED
         except BaseException as exc:
             _swap_current_task(loop, prev)
             runner.state = _IDLE
@@ -734,7 +735,7 @@ class _Engine:
                 # The function, called by the initializer/job_timeout wrapper in this
                 # first step, returned something that cannot be awaited.
                 raise TypeError(*exc.args) from None
-            self._settle_raised(handle, exc, report)
+            self._settle_raised(handle, exc, to_executor)
             return handle
         if ct is not None:
             if prev is None:
@@ -743,7 +744,7 @@ class _Engine:
                 ct[loop] = prev
         else:
             _swap_current_task(loop, prev)
-        if first is _RETURNED:
+        if yielded is _RETURNED:
             value = runner.returned
             runner.returned = None
             runner.state = _IDLE
@@ -767,29 +768,29 @@ class _Engine:
         self._suspended += 1
         runner.coro = coro
         runner.handle = handle
-        runner.report = report
+        runner.to_executor = to_executor
         handle.add_done_callback(runner.on_handle_done)
         if not runner.parked:
             # The task has not taken its first step yet (or is ending the job before
             # this one); its next step resumes the job.
-            if getattr(first, "_asyncio_future_blocking", None):
+            if getattr(yielded, "_asyncio_future_blocking", None):
                 # The step hands it to the task with the flag set again; until then
                 # it is down, so another job may await the same future meanwhile.
-                first._asyncio_future_blocking = False
-            runner.first = first
-            runner.state = _RESUME if first is None else _YIELD
-        elif first is None:  # a bare yield (asyncio.sleep(0)): resume on the next turn
+                yielded._asyncio_future_blocking = False
+            runner.yielded = yielded
+            runner.state = _RESUME if yielded is None else _YIELD
+        elif yielded is None:  # a bare yield (asyncio.sleep(0)): resume on the next turn
             runner.state = _RESUME
             loop.call_soon(runner.wakeup, self._done_fut, context=runner.ctx)
-        elif getattr(first, "_asyncio_future_blocking", None) and first.get_loop() is loop:
+        elif getattr(yielded, "_asyncio_future_blocking", None) and yielded.get_loop() is loop:
             # It waits on a future: wake the task when that future is done, exactly
             # when a task of its own would have woken.
-            first._asyncio_future_blocking = False
-            runner.first = first
+            yielded._asyncio_future_blocking = False
+            runner.yielded = yielded
             runner.state = _WAIT
-            first.add_done_callback(runner.wakeup, context=runner.ctx)
+            yielded.add_done_callback(runner.wakeup, context=runner.ctx)
         else:  # anything else: let the task deal with it (and raise what it raises)
-            runner.first = first
+            runner.yielded = yielded
             runner.state = _YIELD
             loop.call_soon(runner.wakeup, self._done_fut, context=runner.ctx)
         if runner.cancel_requested:
@@ -798,7 +799,7 @@ class _Engine:
             # as a task does with the future it is cancelled on.
             runner.cancel_requested = False
             if runner.state == _WAIT:
-                first.cancel()
+                yielded.cancel()
         return handle
 
     def _refuse_other_loop(
@@ -901,7 +902,7 @@ class _Engine:
             self._suspended -= 1
             self._cancelled += 1
             self._end_runner(runner)
-            self._job_cancelled_by_handle(runner.report)
+            self._job_cancelled_by_handle(runner.to_executor)
             return
         handle.remove_done_callback(runner.on_handle_done)
         handle.set_result(result)
@@ -933,9 +934,9 @@ class _Engine:
         runner.coro = None
         self._suspended -= 1
         handle.remove_done_callback(runner.on_handle_done)
-        report = runner.report
+        to_executor = runner.to_executor
         self._end_runner(runner)
-        self._settle_raised(handle, exc, report)
+        self._settle_raised(handle, exc, to_executor)
 
     def _end_runner(self, runner: _Runner) -> None:
         """The job on ``runner`` ended: release its count and recycle or retire it."""
@@ -958,18 +959,20 @@ class _Engine:
         if drained is not None and not drained.done() and not self._suspended and not self._pending:
             drained.set_result(None)
 
-    def _settle_raised(self, handle: asyncio.Future[Any], exc: BaseException, report: bool) -> None:
+    def _settle_raised(
+        self, handle: asyncio.Future[Any], exc: BaseException, to_executor: bool
+    ) -> None:
         """Record a job that ended by an exception, and tell the executor."""
         if handle.done():
             # Its handle was cancelled first, and says so: the job counts as cancelled.
             self._cancelled += 1
             if isinstance(exc, _CancelledError):
-                self._job_cancelled_by_handle(report)
+                self._job_cancelled_by_handle(to_executor)
                 return
             # It failed while unwinding: that error goes to on_error and errors="group",
             # but for fail-fast the job was cancelled, which is what caused it.
             self._job_error(handle, exc)  # type: ignore[attr-defined]
-            self._job_failed(exc, report, after_cancel=True)  # type: ignore[attr-defined]
+            self._job_failed(exc, to_executor, after_cancel=True)  # type: ignore[attr-defined]
             return
         elif isinstance(exc, _CancelledError):
             handle.cancel(*exc.args[:1])
@@ -979,7 +982,7 @@ class _Engine:
             handle.exception()  # raised at exit or kept on the handle: never "never retrieved"
             self._failed += 1
             self._job_error(handle, exc)  # type: ignore[attr-defined]
-        self._job_failed(exc, report)  # type: ignore[attr-defined]
+        self._job_failed(exc, to_executor)  # type: ignore[attr-defined]
         if isinstance(exc, _BASE_ERRORS):
             raise exc
 
@@ -1027,8 +1030,8 @@ class _Engine:
     # `if` around it, and the stub would shadow the real method.
     _max_pending: int | None
 
-    def _job_cancelled_by_handle(self, report: bool) -> None:
-        self._job_failed(_CancelledError(), report)  # type: ignore[attr-defined]
+    def _job_cancelled_by_handle(self, to_executor: bool) -> None:
+        self._job_failed(_CancelledError(), to_executor)  # type: ignore[attr-defined]
 
 
 def _plain_create_future(loop: asyncio.AbstractEventLoop) -> bool:

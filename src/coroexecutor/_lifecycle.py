@@ -333,16 +333,19 @@ class _Lifecycle:
         if self._state is not _State.OPEN:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _job_failed(self, exc: BaseException, report: bool, after_cancel: bool = False) -> None:
+    def _job_failed(
+        self, exc: BaseException, to_executor: bool, after_cancel: bool = False
+    ) -> None:
         """A job raised or was cancelled; ``after_cancel``: it raised ``exc`` while
-        unwinding from a cancellation of its handle.  ``report`` is False for a map's
-        jobs, whose errors the map raises itself."""
+        unwinding from a cancellation of its handle.  ``to_executor``: the executor's
+        error rules (fail-fast, errors="group") apply to the job's failure; False for a
+        map's jobs, whose errors the map raises itself."""
         if isinstance(exc, _BASE_ERRORS):
             if self._base_error is None:
                 self._base_error = exc
             self._abort(exc)
             return
-        if not report or self._suppress or self._state is _State.CLOSED:
+        if not to_executor or self._suppress or self._state is _State.CLOSED:
             return  # absorbed, or owned by a map
         is_error = not isinstance(exc, _CancelledError)
         if self._group and is_error:

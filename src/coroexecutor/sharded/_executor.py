@@ -72,10 +72,10 @@ _CLOSE_GRACE: Final = 5.0  # after asking a shard to close: then SIGTERM, then S
 class _Handle(asyncio.Future[Any]):
     """A job's handle: a Future whose cancel() also cancels the job in its shard."""
 
-    __slots__ = ("_jid", "_report", "_shard")
+    __slots__ = ("_jid", "_shard", "_to_executor")
 
     _jid: int
-    _report: bool
+    _to_executor: bool
     _shard: _Shard | None
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -346,7 +346,7 @@ class ShardedExecutor(_Lifecycle):
             )
         handle = _Handle(loop=loop)
         handle._shard = None
-        handle._report = True
+        handle._to_executor = True
         handle.add_done_callback(self._queued_cancelled)
         self._waiters.append(_Queued(fid, blob, handle))
         self._queued += 1
@@ -382,25 +382,25 @@ class ShardedExecutor(_Lifecycle):
             raise _pickle_error(fn, err) from err
 
     async def _submit(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], report: bool
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], to_executor: bool
     ) -> _Handle:
         fid, blob = self._encode(fn, args, kwargs, "submit")
-        handle = self._place_now(fid, blob, report)
+        handle = self._place_now(fid, blob, to_executor)
         if handle is not None:
             return handle
         shard = await self._wait_for_credit()
         if self._pace is not None:
             await self._wait_for_turn(shard)
-        return self._place(shard, fid, blob, report)
+        return self._place(shard, fid, blob, to_executor)
 
-    def _place_now(self, fid: int, blob: bytes | None, report: bool) -> _Handle | None:
+    def _place_now(self, fid: int, blob: bytes | None, to_executor: bool) -> _Handle | None:
         """The fast path: place the job at once if a shard has room and nobody is ahead
         in line (and no rate limit applies); else None."""
         if self._state is _State.OPEN and not self._waiters and self._pace is None:
             best = self._least_loaded()
             if best is not None:
                 best.credits -= 1
-                return self._place(best, fid, blob, report)
+                return self._place(best, fid, blob, to_executor)
         return None
 
     async def _wait_for_turn(self, shard: _Shard) -> None:
@@ -595,7 +595,7 @@ class ShardedExecutor(_Lifecycle):
         shard: _Shard,
         fid: int,
         blob: bytes | None,
-        report: bool,
+        to_executor: bool,
         queued: _Handle | None = None,
     ) -> _Handle:
         """Put a job on ``shard`` (its credit is already taken); ``queued``: the handle a
@@ -604,7 +604,7 @@ class ShardedExecutor(_Lifecycle):
         self._next_jid = jid + 1
         if queued is None:
             handle = _Handle(loop=self._loop)
-            handle._report = report
+            handle._to_executor = to_executor
             self._submitted += 1
         else:
             handle = queued
@@ -797,14 +797,14 @@ class ShardedExecutor(_Lifecycle):
                 # errors="group" (as TaskGroup collects it), never first for fail-fast.
                 exc = _load_exception(payload)
                 self._job_error(handle, exc)
-                self._job_failed(exc, handle._report, after_cancel=True)
+                self._job_failed(exc, handle._to_executor, after_cancel=True)
             else:
-                self._job_failed(_CancelledError(), handle._report)
+                self._job_failed(_CancelledError(), handle._to_executor)
             return
         if status == _CANCELLED:
             _future_cancel(handle)
             self._cancelled += 1
-            self._job_failed(_CancelledError(), handle._report)
+            self._job_failed(_CancelledError(), handle._to_executor)
             return
         if status == _OK:
             handle.set_result(payload)
@@ -828,7 +828,7 @@ class ShardedExecutor(_Lifecycle):
         handle.exception()  # raised at exit or kept on the handle: never "never retrieved"
         self._failed += 1
         self._job_error(handle, exc)
-        self._job_failed(exc, handle._report)
+        self._job_failed(exc, handle._to_executor)
 
     def _check_drained(self) -> None:
         drained = self._drained
@@ -884,7 +884,7 @@ class ShardedExecutor(_Lifecycle):
             )
             if handle.done():
                 self._cancelled += 1
-                self._job_failed(_CancelledError(), handle._report)
+                self._job_failed(_CancelledError(), handle._to_executor)
             else:
                 self._fail(handle, error)
         self._inflight -= len(jobs)
