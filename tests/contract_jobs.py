@@ -62,3 +62,17 @@ async def track(dt: float, x: Any) -> tuple[Any, int]:
     finally:
         _running -= 1
     return x, seen
+
+
+async def read_var(name: str) -> Any:
+    """The value of the context variable ``name`` of this module, as the job sees it."""
+    return _VARS[name].get(None)
+
+
+_VARS: dict[str, Any] = {}
+
+
+def context_var(name: str) -> Any:
+    import contextvars
+
+    return _VARS.setdefault(name, contextvars.ContextVar(name))

@@ -400,3 +400,18 @@ def test_max_workers_can_be_resized_while_running(run, make) -> None:
         assert max(shrunk_seen) == 1  # then one at a time
 
     run(main())
+
+
+def test_copy_context_runs_each_job_in_the_submitters_context(run, make) -> None:
+    offers(make, "copy_context")
+
+    async def main() -> None:
+        var = jobs.context_var("request_id")
+        async with make(copy_context=True) as exe:
+            var.set("first")
+            a = await exe.submit(jobs.read_var, "request_id")
+            var.set("second")
+            b = await exe.submit(jobs.read_var, "request_id")
+        assert (a.result(), b.result()) == ("first", "second")
+
+    run(main())
