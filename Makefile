@@ -23,7 +23,7 @@ $(VENV)/.bench-installed: pyproject.toml $(ENGINE_SOURCES)
 
 ## make test: lint, mypy --strict, the suite on asyncio + uvloop (+ eager factory on
 ## 3.12+) with asyncio debug on, on the compiled engine and again on the pure-Python
-## one: everything, on the running Python (about 8 minutes).
+## one: everything, on the running Python (about 10 minutes).
 test: lint typecheck unit
 
 ## make test-all: make test, then the matrix (CI runs both).
