@@ -752,9 +752,14 @@ class _Engine:
             self._completed += 1
             # A parked task reports a cancellation through runner.cancel(); one that
             # has not run yet only records it (Task._must_cancel, in the C and the
-            # Python Task alike), which would hit the next job it runs.
-            if runner.cancel_requested or (
-                not runner.parked and (runner.task._must_cancel or self._copy_context)  # type: ignore[union-attr]
+            # Python Task alike), which would hit the next job it runs.  Under
+            # copy_context a runner serves one job, parked or not (its task has run
+            # already under asyncio.eager_task_factory): it never goes back to the free
+            # list, where the next job would see this job's context.
+            if (
+                runner.cancel_requested
+                or self._copy_context
+                or (not runner.parked and runner.task._must_cancel)  # type: ignore[union-attr]
             ):
                 self._after_eager(runner)
             else:
