@@ -351,3 +351,111 @@ def test_map_stops_pulling_when_the_executor_shuts_down(run) -> None:
         assert got[:6] == list(range(6))
 
     run(main())
+
+
+# Jobs that return in their first step take the engine's batched fast path (no handle
+# each); the tests below pin what that path keeps of map's contract.
+
+
+async def ident(i: int) -> int:
+    return i
+
+
+@pytest.mark.parametrize("max_workers", [4, 1000])
+def test_map_of_jobs_that_end_at_once_looks_ahead_a_bounded_number_of_items(
+    run, max_workers: int
+) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=max_workers) as exe:
+            results = exe.map(ident, endless())
+            assert await results.__anext__() == 0
+            # At most 32 items (max_workers if fewer) are started ahead of the result
+            # being yielded, whatever max_workers is.
+            assert pulled <= min(max_workers, 32) + 1, pulled
+            await results.aclose()
+        s = exe.stats()
+        assert s.submitted == s.completed == pulled, s
+
+    run(main())
+
+
+def test_map_of_jobs_that_end_at_once_keeps_order_with_suspending_ones(run) -> None:
+    async def some_suspend(i: int) -> int:
+        if i % 3 == 0:
+            await asyncio.sleep(0)
+        if i % 7 == 0:
+            await asyncio.sleep(0.001)
+        return i
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=8) as exe:
+            assert [r async for r in exe.map(some_suspend, range(500))] == list(range(500))
+
+    run(main())
+
+
+def test_map_error_in_a_first_step_is_raised_in_its_place_and_stops_the_input(run) -> None:
+    started = 0
+
+    async def f(i: int) -> int:
+        nonlocal started
+        started += 1
+        if i == 5:
+            raise Boom(i)
+        return i
+
+    async def main() -> None:
+        got = []
+        async with CoroutineExecutor(max_workers=1000) as exe:
+            with pytest.raises(Boom):
+                async for r in exe.map(f, range(100)):
+                    got.append(r)
+        assert got == [0, 1, 2, 3, 4]
+        assert started == 6  # no item after the failing one was started
+        s = exe.stats()
+        assert (s.submitted, s.completed, s.failed, s.cancelled) == (6, 5, 1, 0), s
+
+    run(main())
+
+
+def test_map_input_that_fails_after_jobs_that_ended_at_once_yields_them_first(run) -> None:
+    def items() -> Iterator[int]:
+        yield from range(10)
+        raise Boom("input broke")
+
+    async def main() -> None:
+        got = []
+        async with CoroutineExecutor(max_workers=1000) as exe:
+            with pytest.raises(Boom, match="input broke"):
+                async for r in exe.map(ident, items()):
+                    got.append(r)
+        assert got == list(range(10))
+        s = exe.stats()
+        assert s.submitted == s.completed == 10, s
+
+    run(main())
+
+
+def test_map_fn_that_returns_no_awaitable_mid_way_yields_the_results_before_it(run) -> None:
+    def sometimes_sync(i: int) -> Any:
+        return 42 if i == 3 else ident(i)
+
+    async def main() -> None:
+        got = []
+        async with CoroutineExecutor(max_workers=1000) as exe:
+            with pytest.raises(TypeError, match="awaitable"):
+                async for r in exe.map(sometimes_sync, range(10)):
+                    got.append(r)
+        assert got == [0, 1, 2]
+        s = exe.stats()
+        assert s.submitted == s.completed == 3, s
+
+    run(main())

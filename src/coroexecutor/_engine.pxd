@@ -64,7 +64,9 @@ cdef class _Engine:
     cdef public object _max_pending
 
     # C calls from the engine itself; still methods to Python (CoroutineExecutor, map).
-    cpdef _start(self, fn, tuple args, dict kwargs, bint to_executor, handle=*)
+    cpdef _start(self, fn, tuple args, dict kwargs, bint to_executor, handle=*, list done=*)
+    cpdef bint _map_fill(self, fn, it, list done, pending)
+    cdef object _new_handle(self)
     cpdef _release(self)
     cpdef _job_returned(self, _Runner runner, result)
 
@@ -74,6 +76,7 @@ cdef object _OPEN
 
 # A runner's states (the table in _engine.py): C ints.
 cdef int _IDLE, _EAGER, _WAIT, _RESUME, _YIELD, _RUN, _STOP
+cdef Py_ssize_t _MAP_BATCH
 
 
 cdef inline object _c_send(_Runner runner, object coro, object value):

@@ -114,6 +114,9 @@ _YIELD: Final = 4
 _RUN: Final = 5
 _STOP: Final = 6
 
+# Most items _map_fill() takes in one call: the map's look-ahead past what it has yielded.
+_MAP_BATCH: Final = 32
+
 
 class _Runner:
     """A reusable worker: the coroutine of one long-lived task, which runs one job at a time.
@@ -668,16 +671,21 @@ class _Engine:
         kwargs: dict[str, Any],
         to_executor: bool,
         handle: asyncio.Future[Any] | None = None,
+        done: list[Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Start one job; the caller holds a count for it.
 
         This is the hot path: a job that ends in its first step costs one future and
-        its coroutine, with no call into the event loop.
+        its coroutine, with no call into the event loop.  With ``done`` (map's fast
+        path, _map_fill) it costs no future either: if the job returns in its first
+        step, its value is appended to ``done`` and None is returned; otherwise the
+        handle is made then.  Nobody can see a handle before _start returns it, so
+        making it after the first step changes nothing.
         """
         loop = self._loop
         queued = handle is not None  # a queued job's caller has gone: nothing to raise to
-        if handle is None:
-            handle = _Future(loop=loop) if self._plain_futures else loop.create_future()
+        if handle is None and done is None:
+            handle = self._new_handle()
         try:
             if self._job_factory is None:
                 coro = fn(*args, **kwargs)
@@ -693,6 +701,8 @@ class _Engine:
                 _check_fn(fn, "submit")
             if type(exc) is _NotAwaitable and not queued:
                 raise TypeError(*exc.args) from None  # the caller's mistake, not a job's
+            if handle is None:
+                handle = self._new_handle()
             self._settle_raised(handle, exc, to_executor)
             return handle
         # Typed locals: C field access in the compiled engine (plain names here).
@@ -735,6 +745,8 @@ class _Engine:
                 # The function, called by the initializer/job_timeout wrapper in this
                 # first step, returned something that cannot be awaited.
                 raise TypeError(*exc.args) from None
+            if handle is None:
+                handle = self._new_handle()
             self._settle_raised(handle, exc, to_executor)
             return handle
         if ct is not None:
@@ -748,7 +760,12 @@ class _Engine:
             value = runner.returned
             runner.returned = None
             runner.state = _IDLE
-            handle.set_result(value)
+            if done is not None:
+                done.append(value)
+            else:
+                if handle is None:
+                    handle = self._new_handle()
+                handle.set_result(value)
             self._completed += 1
             # A parked task reports a cancellation through runner.cancel(); one that
             # has not run yet only records it (Task._must_cancel, in the C and the
@@ -768,8 +785,10 @@ class _Engine:
                 else:
                     self._counted -= 1
                 free.append(runner)
-            return handle
+            return handle  # type: ignore[return-value]  # None with `done`: see above
         # The job suspended: the runner's task takes it from here.
+        if handle is None:
+            handle = self._new_handle()
         self._suspended += 1
         runner.coro = coro
         runner.handle = handle
@@ -806,6 +825,47 @@ class _Engine:
             if runner.state == _WAIT:
                 yielded.cancel()
         return handle
+
+    def _new_handle(self) -> asyncio.Future[Any]:
+        """A job's handle: a plain future of our loop (the C constructor where that is
+        all loop.create_future() does)."""
+        if self._plain_futures:
+            return _Future(loop=self._loop)
+        return self._loop.create_future()
+
+    def _map_fill(
+        self, fn: Any, it: Any, done: list[Any], pending: deque[asyncio.Future[Any]]
+    ) -> bool:
+        """map()'s fast path: start jobs on items of ``it`` while the gate is open.
+
+        While no earlier job is pending, a job that returns in its first step costs no
+        handle: its value goes to ``done``, which the map yields, in order, before
+        ``pending``.  Any other job's handle goes to ``pending``.  It stops after a batch
+        (at most _MAP_BATCH items, and never more than max_workers, so the map stays
+        lazy), when the oldest pending job is done (its result is due), when ``pending``
+        holds more than max_workers, or when the gate shuts (the map then takes the slow
+        path).  True when ``it`` is exhausted.
+        """
+        limit = self._limit
+        batch = limit if limit < _MAP_BATCH else _MAP_BATCH
+        while batch > 0:
+            batch -= 1
+            if self._counted >= self._fast_limit:
+                return False
+            args = next(it, None)
+            if args is None:
+                return True
+            self._counted += 1
+            if not pending:
+                handle = self._start(fn, args, _NO_KWARGS, False, None, done)
+                if handle is None:
+                    continue  # it returned: its value is in done
+            else:
+                handle = self._start(fn, args, _NO_KWARGS, False)
+            pending.append(handle)
+            if pending[0].done() or len(pending) > limit:
+                return False
+        return False
 
     def _refuse_other_loop(
         self, runner: _Runner | None, coro: Coroutine[Any, Any, Any]

@@ -4,8 +4,9 @@ One copy for CoroutineExecutor and ShardedExecutor.  What they need of an execut
 ``_submit_for_map(fn, args)`` (submit, waiting for room; the job's errors belong to the
 map, not to fail-fast) and ``_max_in_flight`` (how many jobs can run at once: the reorder
 buffer's bound).  On CoroutineExecutor's engine, with sync input, the loops below take
-the engine's fast path inline (``_counted < _fast_limit``, then ``_start``): a measured
-specialisation, the hot path of map.
+the engine's fast path: ``_map_fill`` for map (a batch of jobs per call, no handle for
+a job that returns at once), ``_counted < _fast_limit`` then ``_start`` inline for
+map_unordered.  Measured specialisations, the hot path of map.
 """
 
 from __future__ import annotations
@@ -94,19 +95,28 @@ async def _map(
     it, sync = _zip_sources(sources)
     try:
         if sync and isinstance(exe, _Engine):
-            # The loop below twice, on purpose: a plain `for` over zip() is the hot
-            # path of map (FOR_ITER, no call per item); the general one needs an await.
-            for args in it:
-                # submit()'s fast path, inlined.
-                if exe._counted < exe._fast_limit:
-                    exe._counted += 1
-                    handle = exe._start(fn, args, _NO_KWARGS, False)
-                else:
-                    handle = await exe._submit_for_map(fn, args)
-                if not pending and handle.done():
-                    yield handle.result()
-                    continue
-                pending.append(handle)
+            # The engine's fast path: _map_fill starts a batch of jobs in one call (in
+            # C, in the compiled engine), and a job that returns in its first step
+            # while none is pending costs no handle; its value comes back in `done`.
+            done: list[Any] = []
+            while True:
+                try:
+                    ended = exe._map_fill(fn, it, done, pending)
+                except Exception:
+                    # The input, or starting a job, raised: the results before it first.
+                    for value in done:
+                        yield value
+                    raise
+                for value in done:
+                    yield value
+                done.clear()
+                if ended:
+                    break
+                if exe._counted >= exe._fast_limit:
+                    # The gate is shut (full, closing, rate-limited): one item the slow way.
+                    if (args := next(it, None)) is None:
+                        break
+                    pending.append(await exe._submit_for_map(fn, args))
                 while pending and pending[0].done():
                     yield pending.popleft().result()
                 while len(pending) > exe._max_in_flight:  # read each time: it may change
