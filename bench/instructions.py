@@ -48,6 +48,12 @@ async def main(n):
         for _ in range(n):
             await exe.submit(sleep0)
 """,
+    "map-sleep0": """
+async def main(n):
+    async with CoroutineExecutor(max_workers=1000) as exe:
+        async for _ in exe.map(sleep01, range(n)):
+            pass
+""",
     "bare-sleep0": """
 async def main(n):
     async def loop(k):
@@ -63,6 +69,7 @@ from coroexecutor import CoroutineExecutor
 async def noop(): pass
 async def noop1(x): pass
 async def sleep0(): await asyncio.sleep(0)
+async def sleep01(x): await asyncio.sleep(0)
 """
 
 EPILOGUE = """
