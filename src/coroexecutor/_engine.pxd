@@ -1,6 +1,7 @@
 # C declarations for _engine.py, compiled by setup.py as coroexecutor._cengine.  The .py
 # stays the one source: this file gives its classes C fields and defines the two C
 # helpers that its `if cython.compiled:` branches call.
+from cpython.object cimport PyObject_Call
 from cpython.ref cimport PyObject, Py_XDECREF
 
 
@@ -53,6 +54,7 @@ cdef class _Engine:
     cdef public dict _tasks
     cdef public bint _copy_context
     cdef public bint _plain_futures
+    cdef public dict _future_kwargs
     cdef public object _context
     cdef public object _done_fut
     cdef public object _drained
@@ -99,3 +101,9 @@ cdef inline object _c_send_in(_Runner runner, object coro):
         return _c_send(runner, coro, None)
     finally:
         PyContext_Exit(runner.ctx)
+
+
+cdef inline object _c_call(object fn, tuple args, dict kwargs):
+    """fn(*args, **kwargs), passing that very tuple and dict, as CPython's own call does
+    with an exact dict: nothing built or copied per call (Cython's call copies kwargs)."""
+    return PyObject_Call(fn, args, kwargs)
