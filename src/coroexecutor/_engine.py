@@ -801,7 +801,10 @@ class _Engine:
         runner.coro = coro
         runner.handle = handle
         runner.to_executor = to_executor
-        handle.add_done_callback(runner.on_handle_done)
+        # With a context given, the future keeps that one; without, it copies the current
+        # one: a new Context, tracked by the GC, per job in flight (the callback only
+        # cancels the job, in whatever context).
+        handle.add_done_callback(runner.on_handle_done, context=runner.ctx)
         if not runner.parked:
             # The task has not taken its first step yet (or is ending the job before
             # this one); its next step resumes the job.
