@@ -67,7 +67,16 @@ _CancelledError: Final = asyncio.CancelledError
 _Future: Final = asyncio.Future
 _get_running_loop: Final = asyncio.events._get_running_loop  # the C function, no error check
 _Task: Final = asyncio.Task
-_IGNORE_CALLBACK: Final = "".format  # a C callable that takes any arguments and does nothing
+
+
+def _ignore_callback(fn: Any, *, context: Any = None) -> None:
+    """What a parked runner's task calls as its add_done_callback(wakeup, context=...)."""
+
+
+# A callable that takes the task's call and does nothing.  Compiled, the function above:
+# a C function taking its arguments as they come (no tuple, no dict).  Pure, a C
+# callable that takes any arguments ("".format), cheaper than a Python function.
+_IGNORE_CALLBACK: Final = _ignore_callback if cython.compiled else "".format
 
 # During a job's first step (inside submit) the current task must be the worker's, as
 # it is for an eager task: asyncio.timeout(), TaskGroup and current_task() in the job
@@ -571,7 +580,7 @@ class _Engine:
             raise self._full_error()  # type: ignore[attr-defined]
         handle: asyncio.Future[Any] = self._loop.create_future()
         job = _Queued(fn, args, kwargs, handle, True)
-        handle.add_done_callback(self._queued_handle_done)
+        handle.add_done_callback(self._queued_handle_done, context=self._context)  # no copy
         self._pending += 1
         if self._counted < self._limit and not self._waiters:  # rate-limited: wait for a turn
             self._counted += 1

@@ -12,6 +12,7 @@ map_unordered.  Measured specialisations, the hot path of map.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import TYPE_CHECKING, Any
@@ -159,6 +160,9 @@ async def _map_unordered(
         if wake and not wake[0].done():
             wake[0].set_result(None)
 
+    # on_done's context, made once: without one, each add_done_callback() would copy
+    # the current context, a Context per job in flight.
+    ctx = contextvars.copy_context()
     it, sync = _zip_sources(sources)
     engine = exe if isinstance(exe, _Engine) else None  # its fast path, inlined below
     exhausted = False
@@ -178,7 +182,7 @@ async def _map_unordered(
                         finished.append(handle)
                     else:
                         unfinished.add(handle)
-                        handle.add_done_callback(on_done)
+                        handle.add_done_callback(on_done, context=ctx)
             while finished:
                 yield finished.popleft().result()
             if exhausted:
