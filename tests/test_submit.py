@@ -152,6 +152,33 @@ def test_handle_cancel_cancels_running_job(run) -> None:
     run(main())
 
 
+def test_a_job_that_swallows_its_handles_cancel_and_returns_counts_as_cancelled(run) -> None:
+    # The job catches the cancellation its handle's cancel() sent and returns a value:
+    # the handle stays cancelled (as a task's would not, but a handle was cancelled
+    # first, and says so), the job counts once, as cancelled, and its worker is reused.
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        await asyncio.sleep(0)
+        return "returned anyway"
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=1, suppress_task_errors=True) as exe:
+            h = await exe.submit(stubborn)
+            h.cancel()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            after = await exe.submit(echo, "next")
+            assert await after == "next"
+        assert h.cancelled()
+        s = exe.stats()
+        assert (s.submitted, s.completed, s.cancelled, s.failed) == (2, 1, 1, 0), s
+
+    run(main())
+
+
 def test_handle_cancel_cancels_job_waiting_on_event(run) -> None:
     async def main() -> None:
         ev = asyncio.Event()
