@@ -696,7 +696,12 @@ class _Engine:
         loop = self._loop
         queued = handle is not None  # a queued job's caller has gone: nothing to raise to
         if handle is None and done is None:
-            handle = self._new_handle()
+            if cython.compiled or not self._plain_futures:
+                handle = self._new_handle()
+            else:
+                # _new_handle()'s pure-Python case, inlined: the pure engine's submit()
+                # pays a Python call less per job (-700 instructions of 15,700).
+                handle = _Future(loop=loop)
         try:
             if self._job_factory is None:
                 # Compiled: fn(*args, **kwargs) with kwargs passed as it is, as CPython's
