@@ -5,17 +5,25 @@ all; with the GC on and then off, for our executor and for Semaphore + TaskGroup
 per job), interleaved ``--repeats`` times.  For each it prints the µs per job, the
 collections of each generation and the time spent in them (``gc.callbacks``).
 
+With ``--census`` it instead parks ``--n`` jobs once per contender and, while they are all
+parked, counts the GC-tracked objects they hold, by type, and the bytes ``tracemalloc``
+traces, per job: what an in-flight job costs the collector.
+
     python -m bench.gc_parked [--n 100000] [--uvloop]
+    python -m bench.gc_parked --census [--n 20000] [--uvloop]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import statistics
 import sys
 import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import coroexecutor
@@ -36,17 +44,25 @@ class GcWatch:
             self.collections[info["generation"]] += 1
 
 
-async def ours(n: int, release: asyncio.Event) -> None:
+Hook = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    pass
+
+
+async def ours(n: int, release: asyncio.Event, parked: Hook = _nothing) -> None:
     async def job() -> None:
         await release.wait()
 
     async with CoroutineExecutor(max_workers=n) as exe:
         for _ in range(n):
             await exe.submit(job)
+        await parked()
         release.set()
 
 
-async def semaphore_taskgroup(n: int, release: asyncio.Event) -> None:
+async def semaphore_taskgroup(n: int, release: asyncio.Event, parked: Hook = _nothing) -> None:
     sem = asyncio.Semaphore(n)
 
     async def job() -> None:
@@ -59,6 +75,7 @@ async def semaphore_taskgroup(n: int, release: asyncio.Event) -> None:
         for _ in range(n):
             await sem.acquire()
             tg.create_task(job())
+        await parked()
         release.set()
 
 
@@ -88,11 +105,56 @@ def once(name: str, n: int, gc_on: bool, loop_factory: Any) -> tuple[float, GcWa
     return wall, watch
 
 
+def census(name: str, n: int, loop_factory: Any) -> tuple[collections.Counter[str], float]:
+    """GC-tracked objects (by type) and traced bytes that ``n`` parked jobs add, per job."""
+    before: collections.Counter[str] = collections.Counter()
+    held: collections.Counter[str] = collections.Counter()
+    traced = [0, 0]
+
+    def count(into: collections.Counter[str], at: int) -> None:
+        gc.collect()
+        into.update(type(o).__name__ for o in gc.get_objects())
+        traced[at] = tracemalloc.get_traced_memory()[0]
+
+    async def parked() -> None:
+        for _ in range(3):  # let every new task take its first step: all are parked now
+            await asyncio.sleep(0)
+        count(held, 1)
+
+    async def main() -> None:
+        count(before, 0)
+        await CONTENDERS[name](n, asyncio.Event(), parked)
+
+    tracemalloc.start()
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+    finally:
+        tracemalloc.stop()
+    held.subtract(before)
+    return held, (traced[1] - traced[0]) / n
+
+
+def print_census(n: int, factory: Any) -> None:
+    found = {name: census(name, n, factory) for name in CONTENDERS}
+    names = sorted(
+        {t for held, _ in found.values() for t, c in held.items() if c >= n // 2},
+        key=lambda t: -max(held[t] for held, _ in found.values()),
+    )
+    print(f"{'GC-tracked objects per job':<28}" + "".join(f"{c:>22}" for c in CONTENDERS))
+    for t in names:
+        print(f"{t:<28}" + "".join(f"{found[c][0][t] / n:>22.2f}" for c in CONTENDERS))
+    total = {c: sum(v for v in found[c][0].values() if v > 0) / n for c in CONTENDERS}
+    print(f"{'all':<28}" + "".join(f"{total[c]:>22.2f}" for c in CONTENDERS))
+    print(f"{'bytes traced per job':<28}" + "".join(f"{found[c][1]:>22,.0f}" for c in CONTENDERS))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--census", action="store_true", help="objects held per parked job")
     args = parser.parse_args(argv)
     factory = None
     if args.uvloop:
@@ -102,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     engine = "compiled" if coroexecutor.__compiled__ else "pure-Python"
     print(
         f"{args.n:,} jobs parked at once, {'uvloop' if args.uvloop else 'asyncio'}, "
-        f"Python {sys.version.split()[0]}, {engine} engine, medians of {args.repeats}"
+        f"Python {sys.version.split()[0]}, {engine} engine"
+        + ("" if args.census else f", medians of {args.repeats}")
     )
+    if args.census:
+        print_census(args.n, factory)
+        return 0
     runs: dict[tuple[str, bool], list[tuple[float, GcWatch]]] = {}
     for _ in range(args.repeats):
         for name in CONTENDERS:

@@ -159,9 +159,10 @@ def test_cancel_in_the_same_tick_right_after_the_job_finishes(run, outcome: str)
 
 def test_cancel_in_the_same_tick_right_before_the_job_finishes(run) -> None:
     """handle.cancel() in the same loop iteration as the job's (already queued) last step,
-    just before it: the handle reads cancelled, the job's late result is dropped without
-    an InvalidStateError, the job counts once, as cancelled, and fail-fast raises
-    CancelledError at exit."""
+    just before it: as with Task.cancel(), the cancellation wins over the queued
+    resumption (the job gets CancelledError where it waited and never returns), the
+    handle reads cancelled, no InvalidStateError, the job counts once, as cancelled, and
+    fail-fast raises CancelledError at exit."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -185,7 +186,7 @@ def test_cancel_in_the_same_tick_right_before_the_job_finishes(run) -> None:
                 await spin(3)
                 loop.call_soon(cancel_then_finish, h)
         assert cancel_returned == [True]
-        assert returned == ["late"], "the job must have resumed after the cancel, same tick"
+        assert returned == [], "cancel() before the queued resumption must win, as a task's"
         assert h.cancelled()
         assert other.cancelled()
         assert "cancelled=2" in repr(exe) and "completed=0" in repr(exe), repr(exe)

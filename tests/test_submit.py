@@ -179,6 +179,39 @@ def test_a_job_that_swallows_its_handles_cancel_and_returns_counts_as_cancelled(
     run(main())
 
 
+def test_cancelling_whoever_awaits_a_handle_cancels_the_job(run) -> None:
+    # Task.cancel() and wait_for() cancel the future they wait on through its cancel()
+    # method: on a handle of a suspended job, that must reach the job itself.
+    async def main() -> None:
+        unwound: list[str] = []
+
+        async def forever(name: str) -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                unwound.append(name)
+
+        async def wait_on(h: asyncio.Future[None]) -> None:
+            await h
+
+        async with CoroutineExecutor(max_workers=4, suppress_task_errors=True) as exe:
+            h1 = await exe.submit(forever, "awaited by a task")
+            waiter = asyncio.create_task(wait_on(h1))
+            await asyncio.sleep(0)
+            waiter.cancel()
+            h2 = await exe.submit(forever, "awaited by wait_for")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(h2, 0.01)
+            assert isinstance(h1, asyncio.Future) and isinstance(h2, asyncio.Future)
+            await asyncio.gather(waiter, return_exceptions=True)
+        assert h1.cancelled() and h2.cancelled()
+        assert sorted(unwound) == ["awaited by a task", "awaited by wait_for"]
+        s = exe.stats()
+        assert (s.submitted, s.completed, s.cancelled, s.failed) == (2, 0, 2, 0), s
+
+    run(main())
+
+
 def test_handle_cancel_cancels_job_waiting_on_event(run) -> None:
     async def main() -> None:
         ev = asyncio.Event()

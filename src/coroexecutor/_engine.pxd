@@ -1,8 +1,9 @@
 # C declarations for _engine.py, compiled by setup.py as coroexecutor._cengine.  The .py
 # stays the one source: this file gives its classes C fields and defines the two C
 # helpers that its `if cython.compiled:` branches call.
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SET_ITEM
 from cpython.object cimport PyObject_Call
-from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF, Py_XDECREF
 
 
 cdef extern from "Python.h":
@@ -13,6 +14,9 @@ cdef extern from "Python.h":
     PySendResult PyIter_Send(object iter, object arg, PyObject** presult) except? PYGEN_ERROR
     int PyContext_Enter(object ctx) except -1
     int PyContext_Exit(object ctx) except -1
+    ctypedef struct PyListObject:
+        Py_ssize_t allocated
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 
 
 cdef class _Runner:
@@ -26,7 +30,6 @@ cdef class _Runner:
     cdef public object yielded
     cdef public object get_loop
     cdef public object handle
-    cdef public object on_handle_done
     cdef public bint parked
     cdef public bint release_on_exit
     cdef public bint to_executor
@@ -107,3 +110,27 @@ cdef inline object _c_call(object fn, tuple args, dict kwargs):
     """fn(*args, **kwargs), passing that very tuple and dict, as CPython's own call does
     with an exact dict: nothing built or copied per call (Cython's call copies kwargs)."""
     return PyObject_Call(fn, args, kwargs)
+
+
+# The free list's pop and append, without its resizes: list.pop() shrinks the list's
+# storage when it empties, and append() grows it again, two reallocs (440 instructions)
+# for every job that ends at once on the one runner a no-op workload needs.  These keep
+# the storage: the free list holds at most max_workers runners.
+cdef inline object _c_pop(list items):
+    """items.pop() on a non-empty list, keeping its storage."""
+    cdef Py_ssize_t last = PyList_GET_SIZE(items) - 1
+    cdef object item = <object>PyList_GET_ITEM(items, last)
+    Py_SET_SIZE(items, last)
+    Py_DECREF(item)  # the list's reference, which is now this function's
+    return item
+
+
+cdef inline void _c_push(list items, object item) except *:
+    """items.append(item), into the storage already there when it has room."""
+    cdef Py_ssize_t size = PyList_GET_SIZE(items)
+    if size < (<PyListObject*>items).allocated:
+        Py_INCREF(item)
+        PyList_SET_ITEM(items, size, item)
+        Py_SET_SIZE(items, size + 1)
+    else:
+        items.append(item)

@@ -65,6 +65,7 @@ _send: Final = types.CoroutineType.send  # unbound: no bound method made per job
 _CancelledError: Final = asyncio.CancelledError
 
 _Future: Final = asyncio.Future
+_future_cancel: Final = asyncio.Future.cancel
 _get_running_loop: Final = asyncio.events._get_running_loop  # the C function, no error check
 _Task: Final = asyncio.Task
 
@@ -175,7 +176,6 @@ class _Runner:
         "engine",
         "get_loop",
         "handle",
-        "on_handle_done",
         "parked",
         "release_on_exit",
         "returned",
@@ -194,7 +194,7 @@ class _Runner:
         self.parked = False
         self._asyncio_future_blocking = False
         self.coro: Coroutine[Any, Any, Any] | None = None
-        self.handle: asyncio.Future[Any] | None = None
+        self.handle: _Handle[Any] | None = None
         self.yielded: Any = None
         self.returned: Any = None  # what the job's coroutine returned, until it is taken
         self.state = _IDLE
@@ -202,12 +202,14 @@ class _Runner:
         self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
         self.cancel_requested = False
         self.release_on_exit = False
-        self.on_handle_done = self._on_handle_done  # made once, added to each job's handle
         # The future protocol, as much of it as a task uses on what it awaits: our task
         # calls get_loop() and add_done_callback() each time it parks on us, so both are
         # C callables (shared by the engine's runners; -1,500 instructions per job).
+        # add_done_callback is _capture_wakeup for the first park only, set just before
+        # it: a runner that has never parked (every one of 100,000 jobs parked at once)
+        # holds no bound method.
         self.get_loop: Callable[[], asyncio.AbstractEventLoop] = engine._loop_getter
-        self.add_done_callback: Callable[..., object] = self._capture_wakeup
+        self.add_done_callback: Callable[..., object] = _IGNORE_CALLBACK
 
     # ---------------------------------------------------------------- as a coroutine
     def send(self, value: Any = None) -> Any:
@@ -240,6 +242,8 @@ class _Runner:
             self.returned = None
             self.engine._job_returned(self, returned)
         if self.state == _IDLE:  # back on the free list: park (_after_job, inlined)
+            if self.wakeup is None:
+                self.add_done_callback = self._capture_wakeup
             self._asyncio_future_blocking = True
             self.parked = True
             return self
@@ -279,6 +283,8 @@ class _Runner:
         """The job ended: wait for the next one, or end the task."""
         state: cython.int = self.state
         if state == _IDLE:
+            if self.wakeup is None:
+                self.add_done_callback = self._capture_wakeup
             self._asyncio_future_blocking = True
             self.parked = True
             return self
@@ -308,6 +314,8 @@ class _Runner:
         state: cython.int = self.state
         if state == _IDLE and exc is None:
             # On the free list: wait for a job, parked on ourselves.
+            if self.wakeup is None:
+                self.add_done_callback = self._capture_wakeup
             self._asyncio_future_blocking = True
             self.parked = True
             return self
@@ -379,8 +387,8 @@ class _Runner:
         # A resumption is already scheduled: the task delivers the cancellation then.
         return False
 
-    def _on_handle_done(self, handle: asyncio.Future[Any]) -> None:
-        # The handle ended before the job did: somebody cancelled it.  Cancel the job.
+    def _handle_cancelled(self, handle: _Handle[Any]) -> None:
+        # The handle was cancelled before the job ended: cancel the job.
         if handle is self.handle and self.task is not None:
             self.task.cancel()
 
@@ -389,6 +397,28 @@ class _Runner:
 
 
 _collections_abc.Coroutine.register(_Runner)
+
+
+class _Handle(asyncio.Future[T]):
+    """The handle of a job that suspended (or was queued): an asyncio.Future whose
+    ``cancel()`` also cancels the job.
+
+    A callback on a plain future would do the same at the price of a bound method per
+    worker and a callback added and removed per job; this costs one slot.  A job that
+    ends in its first step gets a plain asyncio.Future: nothing can cancel it any more.
+    """
+
+    __slots__ = ("_runner",)  # the runner of the job while it runs, else unset or None
+    _runner: _Runner | None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not _future_cancel(self, msg):
+            return False
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            self._runner = None
+            runner._handle_cancelled(self)
+        return True
 
 
 class _Queued:
@@ -578,7 +608,7 @@ class _Engine:
             return self._start(fn, args, kwargs, True)
         if self._max_pending is not None and self._pending >= self._max_pending:
             raise self._full_error()  # type: ignore[attr-defined]
-        handle: asyncio.Future[Any] = self._loop.create_future()
+        handle: asyncio.Future[Any] = _Handle(loop=self._loop)  # _start links it to its runner
         job = _Queued(fn, args, kwargs, handle, True)
         handle.add_done_callback(self._queued_handle_done, context=self._context)  # no copy
         self._pending += 1
@@ -689,19 +719,12 @@ class _Engine:
         This is the hot path: a job that ends in its first step costs one future and
         its coroutine, with no call into the event loop.  With ``done`` (map's fast
         path, _map_fill) it costs no future either: if the job returns in its first
-        step, its value is appended to ``done`` and None is returned; otherwise the
-        handle is made then.  Nobody can see a handle before _start returns it, so
-        making it after the first step changes nothing.
+        step, its value is appended to ``done`` and None is returned.  The handle is
+        made after the first step (nobody can see it before _start returns it): a plain
+        future for a job that has ended, a _Handle for one that suspended.
         """
         loop = self._loop
         queued = handle is not None  # a queued job's caller has gone: nothing to raise to
-        if handle is None and done is None:
-            if cython.compiled or not self._plain_futures:
-                handle = self._new_handle()
-            else:
-                # _new_handle()'s pure-Python case, inlined: the pure engine's submit()
-                # pays a Python call less per job (-700 instructions of 15,700).
-                handle = _Future(loop=loop)
         try:
             if self._job_factory is None:
                 # Compiled: fn(*args, **kwargs) with kwargs passed as it is, as CPython's
@@ -731,7 +754,8 @@ class _Engine:
         runner: _Runner
         free: list[_Runner] = self._free
         if free:
-            runner = free.pop()
+            # Compiled: a pop that keeps the list's storage (_engine.pxd).
+            runner = _c_pop(free) if cython.compiled else free.pop()  # type: ignore[name-defined]  # noqa: F821
         elif _get_running_loop() is loop:
             runner = self._new_runner()
         else:
@@ -786,7 +810,12 @@ class _Engine:
                 done.append(value)
             else:
                 if handle is None:
-                    handle = self._new_handle()
+                    if cython.compiled or not self._plain_futures:
+                        handle = self._new_handle()
+                    else:
+                        # _new_handle()'s pure-Python case, inlined: the pure engine's
+                        # submit() pays a Python call less per job (-700 instructions).
+                        handle = _Future(loop=loop)
                 handle.set_result(value)
             self._completed += 1
             # A parked task reports a cancellation through runner.cancel(); one that
@@ -806,19 +835,25 @@ class _Engine:
                     self._release()
                 else:
                     self._counted -= 1
-                free.append(runner)
+                if cython.compiled:
+                    _c_push(free, runner)  # type: ignore[name-defined]  # noqa: F821
+                else:
+                    free.append(runner)
             return handle  # type: ignore[return-value]  # None with `done`: see above
-        # The job suspended: the runner's task takes it from here.
-        if handle is None:
-            handle = self._new_handle()
+        # The job suspended: the runner's task takes it from here.  Its handle is a
+        # _Handle, whose cancel() reaches the runner.
+        job_handle: _Handle[Any]
+        if handle is not None:
+            job_handle = handle  # type: ignore[assignment]  # a queued job's: submit_nowait
+        elif cython.compiled:
+            job_handle = _c_call(_Handle, (), self._future_kwargs)  # type: ignore[name-defined]  # noqa: F821
+        else:
+            job_handle = _Handle(loop=loop)
+        job_handle._runner = runner
         self._suspended += 1
         runner.coro = coro
-        runner.handle = handle
+        runner.handle = job_handle
         runner.to_executor = to_executor
-        # With a context given, the future keeps that one; without, it copies the current
-        # one: a new Context, tracked by the GC, per job in flight (the callback only
-        # cancels the job, in whatever context).
-        handle.add_done_callback(runner.on_handle_done, context=runner.ctx)
         if not runner.parked:
             # The task has not taken its first step yet (or is ending the job before
             # this one); its next step resumes the job.
@@ -849,11 +884,11 @@ class _Engine:
             runner.cancel_requested = False
             if runner.state == _WAIT:
                 yielded.cancel()
-        return handle
+        return job_handle
 
     def _new_handle(self) -> asyncio.Future[Any]:
-        """A job's handle: a plain future of our loop (the C constructor where that is
-        all loop.create_future() does)."""
+        """The handle of a job that ended in its first step: a plain future of our loop
+        (the C constructor where that is all loop.create_future() does)."""
         if self._plain_futures:
             if cython.compiled:
                 # asyncio.Future(loop=loop) with the keyword dict made once, at _bind:
@@ -954,7 +989,8 @@ class _Engine:
         if not self._tasks:
             _LIVE.add(self)
         self._tasks[task] = runner
-        task.add_done_callback(_retrieve)
+        # context=: without it the task would copy the current context, a Context per worker.
+        task.add_done_callback(_retrieve, context=ctx)
         return runner
 
     def _retire(self, runner: _Runner) -> None:
@@ -993,11 +1029,9 @@ class _Engine:
         assert handle is not None
         runner.handle = None
         runner.coro = None
-        # One call where two would do (done(), then remove_done_callback()): a future's
-        # callbacks leave it when it is done, so finding ours gone means the handle was
-        # cancelled (or _cancel_jobs took it first, and then cancelled the handle).
-        if not handle.remove_done_callback(runner.on_handle_done):
-            # Its handle was cancelled while the job ran.
+        handle._runner = None
+        if handle.done():
+            # Its handle was cancelled while the job ran (or, by hand, given a result).
             self._suspended -= 1
             self._cancelled += 1
             self._end_runner(runner)
@@ -1015,7 +1049,10 @@ class _Engine:
             runner.counted = True
         if self._state is _OPEN and not self._copy_context and not runner.task.cancelling():  # type: ignore[union-attr]
             runner.state = _IDLE
-            self._free.append(runner)
+            if cython.compiled:
+                _c_push(self._free, runner)  # type: ignore[name-defined]  # noqa: F821
+            else:
+                self._free.append(runner)
             if self._suspended == 0 and self._drained is not None:
                 self._check_drained()
         else:
@@ -1031,7 +1068,7 @@ class _Engine:
         runner.handle = None
         runner.coro = None
         self._suspended -= 1
-        handle.remove_done_callback(runner.on_handle_done)
+        handle._runner = None
         to_executor = runner.to_executor
         self._end_runner(runner)
         self._settle_raised(handle, exc, to_executor)
@@ -1099,7 +1136,7 @@ class _Engine:
             if handle is not None:
                 # The handle says "cancelled" at once, as Future.cancel() does; the
                 # job itself unwinds in its task, and exit/shutdown wait for that.
-                handle.remove_done_callback(runner.on_handle_done)
+                handle._runner = None  # the task is cancelled just below, once
                 handle.cancel()
             runner.task.cancel()
 
