@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import os
@@ -1322,6 +1323,35 @@ def test_jobs_referenced_only_by_the_executor_survive_gc(run) -> None:
             assert all(r() is not None for r in alive)
             await exe.shutdown(cancel_futures=True)
         assert sorted(cancelled) == list(range(16))
+
+    run(main())
+
+
+_WORKER_TASK: contextvars.ContextVar[Any] = contextvars.ContextVar("worker_task")
+
+
+def test_workers_in_a_reference_cycle_are_collected_after_shutdown(run) -> None:
+    """Jobs that keep their worker's task in a context variable make a reference cycle
+    through each worker (task -> context -> task).  The compiled engine keeps its live
+    workers out of the cyclic GC's sight; once the executor has shut down, the GC must
+    see them again and free them, as it frees a task of the user's own."""
+
+    async def main() -> None:
+        tasks: list[weakref.ref[Any]] = []
+
+        async def job() -> None:
+            task = asyncio.current_task()
+            _WORKER_TASK.set(task)
+            tasks.append(weakref.ref(task))  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+
+        async with CoroutineExecutor(max_workers=4) as exe:
+            for _ in range(8):
+                await exe.submit(job)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+        assert tasks and all(ref() is None for ref in tasks)
 
     run(main())
 

@@ -366,6 +366,8 @@ class _Runner:
         # parks need nothing: a C no-op that takes any arguments stands in.
         self.wakeup = fn
         self.add_done_callback = _IGNORE_CALLBACK
+        if cython.compiled and type(self.task) is _Task:
+            _c_gc_hide(fn)  # as the task is (_Engine._new_runner)  # type: ignore[name-defined]  # noqa: F821
 
     def remove_done_callback(self, fn: Any) -> int:  # pragma: no cover - asyncio never calls it
         return 0
@@ -1004,6 +1006,13 @@ class _Engine:
         else:
             task = loop.create_task(runner, context=ctx)
         runner.task = task
+        if cython.compiled and not task.done():
+            # While its task lives, the runner, its context and its task are out of the
+            # cyclic GC's sight; _runner_exited() shows them again (_engine.pxd says why).
+            _c_gc_hide(runner)  # type: ignore[name-defined]  # noqa: F821
+            _c_gc_hide(ctx)  # type: ignore[name-defined]  # noqa: F821
+            if type(task) is _Task:
+                _c_gc_hide(task)  # type: ignore[name-defined]  # noqa: F821
         if not self._tasks:
             _LIVE.add(self)
         self._tasks[task] = runner
@@ -1025,6 +1034,15 @@ class _Engine:
             self._release()
         task = runner.task
         runner.task = None
+        if cython.compiled:
+            # Seen by the GC again before anything can free them: a Context's dealloc
+            # (3.11) unlinks it from the GC's lists unchecked.
+            _c_gc_show(runner)  # type: ignore[name-defined]  # noqa: F821
+            _c_gc_show(runner.ctx)  # type: ignore[name-defined]  # noqa: F821
+            if runner.wakeup is not None:
+                _c_gc_show(runner.wakeup)  # type: ignore[name-defined]  # noqa: F821
+            if type(task) is _Task:
+                _c_gc_show(task)  # type: ignore[name-defined]  # noqa: F821
         runner.wakeup = None  # a bound method of the task: a reference cycle otherwise
         if task is not None:
             self._tasks.pop(task, None)
