@@ -77,6 +77,11 @@ _CancelledError: Final = asyncio.CancelledError
 
 _Future: Final = asyncio.Future
 _future_cancel: Final = asyncio.Future.cancel
+# The C methods themselves, for the compiled engine's calls on futures of known type: a
+# call by name looks the method up in the type on every call (-100 to -150 instructions).
+_future_done: Final = asyncio.Future.done
+_future_set_result: Final = asyncio.Future.set_result
+_task_cancelling: Final = asyncio.Task.cancelling
 _get_running_loop: Final = asyncio.events._get_running_loop  # the C function, no error check
 _Task: Final = asyncio.Task
 
@@ -367,7 +372,8 @@ class _Runner:
         self.wakeup = fn
         self.add_done_callback = _IGNORE_CALLBACK
         if cython.compiled and type(self.task) is _Task:
-            _c_gc_hide(fn)  # as the task is (_Engine._new_runner)  # type: ignore[name-defined]  # noqa: F821
+            # Out of the GC's sight as its task is (_Engine._new_runner).
+            _c_gc_hide(fn)  # type: ignore[name-defined]  # noqa: F821
 
     def remove_done_callback(self, fn: Any) -> int:  # pragma: no cover - asyncio never calls it
         return 0
@@ -836,7 +842,10 @@ class _Engine:
                         # _new_handle()'s pure-Python case, inlined: the pure engine's
                         # submit() pays a Python call less per job (-700 instructions).
                         handle = _Future(loop=loop)
-                handle.set_result(value)
+                if cython.compiled and (type(handle) is _Future or type(handle) is _Handle):
+                    _future_set_result(handle, value)
+                else:
+                    handle.set_result(value)
             self._completed += 1
             # A parked task reports a cancellation through runner.cancel(); one that
             # has not run yet only records it (Task._must_cancel, in the C and the
@@ -870,6 +879,10 @@ class _Engine:
         else:
             job_handle = _Handle(loop=loop)
         job_handle._runner = runner
+        if cython.compiled:
+            # Out of the GC's sight while the job runs, as its worker is: the runner
+            # holds it (a Future subclass costs the GC a subtype_traverse per visit).
+            _c_gc_hide(job_handle)  # type: ignore[name-defined]  # noqa: F821
         self._suspended += 1
         runner.coro = coro
         runner.handle = job_handle
@@ -1061,17 +1074,23 @@ class _Engine:
         """A job ended in its task with a result (the hot path of a suspended job)."""
         handle = runner.handle
         assert handle is not None
+        if cython.compiled:
+            _c_gc_show(handle)  # type: ignore[name-defined]  # noqa: F821
         runner.handle = None
         runner.coro = None
         handle._runner = None
-        if handle.done():
+        # A _Handle (the job suspended): its methods are called as C functions, compiled.
+        if _future_done(handle) if cython.compiled else handle.done():
             # Its handle was cancelled while the job ran (or, by hand, given a result).
             self._suspended -= 1
             self._cancelled += 1
             self._end_runner(runner)
             self._job_cancelled_by_handle(runner.to_executor)
             return
-        handle.set_result(result)
+        if cython.compiled:
+            _future_set_result(handle, result)
+        else:
+            handle.set_result(result)
         self._completed += 1
         self._suspended -= 1
         if runner.counted:
@@ -1081,7 +1100,12 @@ class _Engine:
                 self._counted -= 1
         else:
             runner.counted = True
-        if self._state is _OPEN and not self._copy_context and not runner.task.cancelling():  # type: ignore[union-attr]
+        task = runner.task
+        if cython.compiled and type(task) is _Task:
+            cancelling = _task_cancelling(task)
+        else:
+            cancelling = task.cancelling()  # type: ignore[union-attr]
+        if self._state is _OPEN and not self._copy_context and not cancelling:
             runner.state = _IDLE
             if cython.compiled:
                 _c_push(self._free, runner)  # type: ignore[name-defined]  # noqa: F821
@@ -1099,6 +1123,8 @@ class _Engine:
         assert runner.state == _RUN, runner.state
         handle = runner.handle
         assert handle is not None
+        if cython.compiled:
+            _c_gc_show(handle)  # type: ignore[name-defined]  # noqa: F821
         runner.handle = None
         runner.coro = None
         self._suspended -= 1
