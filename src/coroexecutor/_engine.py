@@ -84,6 +84,7 @@ _future_set_result: Final = asyncio.Future.set_result
 _task_cancelling: Final = asyncio.Task.cancelling
 _get_running_loop: Final = asyncio.events._get_running_loop  # the C function, no error check
 _Task: Final = asyncio.Task
+_EAGER_START: Final = sys.version_info >= (3, 12)  # Task(..., eager_start=True)
 
 
 def _ignore_callback(fn: Any, *, context: Any = None) -> None:
@@ -1015,7 +1016,15 @@ class _Engine:
         loop = self._loop
         if self._plain_futures and loop.get_task_factory() is None:
             # What create_task() does then, minus a Python-level call on asyncio's loop.
-            task: asyncio.Task[None] = _Task(runner, loop=loop, context=ctx)
+            # 3.12+: the task takes its first step now, inside the constructor (it
+            # parks on the runner), not from the loop later: the job about to be
+            # stepped on it waits with the task's wake-up already attached, and no
+            # first step per new worker is left queued (100,000 of them, with 100,000
+            # jobs parked at once).
+            if _EAGER_START:
+                task: asyncio.Task[None] = _Task(runner, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
+            else:
+                task = _Task(runner, loop=loop, context=ctx)
         else:
             task = loop.create_task(runner, context=ctx)
         runner.task = task
