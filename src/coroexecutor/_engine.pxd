@@ -1,6 +1,7 @@
 # C declarations for _engine.py, compiled by setup.py as coroexecutor._cengine.  The .py
-# stays the one source: this file gives its classes C fields and defines the two C
-# helpers that its `if cython.compiled:` branches call.
+# stays the one source: this file gives its classes C fields and defines the C helpers
+# (_c_*) that it calls, in `if cython.compiled:` branches or, for _c_pop and _c_push,
+# under names that the pure engine binds to the list's own methods.
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SET_ITEM
 from cpython.object cimport PyObject_Call
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF, Py_XDECREF
@@ -41,6 +42,8 @@ cdef class _Runner:
     cdef public int state
     cdef public object task
     cdef public object wakeup
+
+    cdef inline object _park(self)
 
 
 cdef class _Engine:
@@ -119,7 +122,8 @@ cdef inline object _c_call(object fn, tuple args, dict kwargs):
 # The free list's pop and append, without its resizes: list.pop() shrinks the list's
 # storage when it empties, and append() grows it again, two reallocs (440 instructions)
 # for every job that ends at once on the one runner a no-op workload needs.  These keep
-# the storage: the free list holds at most max_workers runners.
+# the storage: the free list holds at most max_workers runners.  Every push and pop of
+# the free list goes through these.
 cdef inline object _c_pop(list items):
     """items.pop() on a non-empty list, keeping its storage."""
     cdef Py_ssize_t last = PyList_GET_SIZE(items) - 1

@@ -96,6 +96,12 @@ def _ignore_callback(fn: Any, *, context: Any = None) -> None:
 # callable that takes any arguments ("".format), cheaper than a Python function.
 _IGNORE_CALLBACK: Final = _ignore_callback if cython.compiled else "".format
 
+if not cython.compiled:
+    # The free list's pop and append: C helpers in _engine.pxd that keep the list's
+    # storage; here the list's own methods.
+    _c_pop: Final = list.pop
+    _c_push: Final = list.append
+
 # During a job's first step (inside submit) the current task must be the worker's, as
 # it is for an eager task: asyncio.timeout(), TaskGroup and current_task() in the job
 # must see the task that will go on running it.
@@ -258,12 +264,8 @@ class _Runner:
             returned = self.returned
             self.returned = None
             self.engine._job_returned(self, returned)
-        if self.state == _IDLE:  # back on the free list: park (_after_job, inlined)
-            if self.wakeup is None:
-                self.add_done_callback = self._capture_wakeup
-            self._asyncio_future_blocking = True
-            self.parked = True
-            return self
+        if self.state == _IDLE:  # back on the free list (_after_job's first case)
+            return self._park()
         return self._after_job()
 
     __next__ = send  # 3.12+ tasks step an iterator through tp_iternext
@@ -307,11 +309,7 @@ class _Runner:
         """The job ended: wait for the next one, or end the task."""
         state: cython.int = self.state
         if state == _IDLE:
-            if self.wakeup is None:
-                self.add_done_callback = self._capture_wakeup
-            self._asyncio_future_blocking = True
-            self.parked = True
-            return self
+            return self._park()
         if state == _STOP:
             self.engine._runner_exited(self)
             raise StopIteration
@@ -320,6 +318,15 @@ class _Runner:
         if state == _RESUME:
             return None  # a bare yield: the task steps us again on the next turn
         return self._step(None)
+
+    def _park(self) -> _Runner:
+        """Wait for a job, parked on ourselves: what a step of our task returns then."""
+        if self.wakeup is None:
+            # The task's first park on us: it hands us its wake-up (_capture_wakeup).
+            self.add_done_callback = self._capture_wakeup
+        self._asyncio_future_blocking = True
+        self.parked = True
+        return self
 
     def close(self) -> None:
         """The task is destroyed unfinished (a loop torn down without cancelling)."""
@@ -337,12 +344,7 @@ class _Runner:
         _GO to go on into the job (send None, or throw ``exc``)."""
         state: cython.int = self.state
         if state == _IDLE and exc is None:
-            # On the free list: wait for a job, parked on ourselves.
-            if self.wakeup is None:
-                self.add_done_callback = self._capture_wakeup
-            self._asyncio_future_blocking = True
-            self.parked = True
-            return self
+            return self._park()  # on the free list: wait for a job
         if state in (_IDLE, _STOP):
             self.state = _STOP
             self.parked = False
@@ -415,8 +417,10 @@ class _Runner:
         return False
 
     def _handle_cancelled(self, handle: _Handle[Any]) -> None:
-        # The handle was cancelled before the job ended: cancel the job.
-        if handle is self.handle and self.task is not None:
+        # The handle was cancelled before the job ended: cancel the job.  (A job that
+        # has ended has cleared handle._runner, so the handle is this job's.)
+        assert handle is self.handle, (handle, self.handle)
+        if self.task is not None:
             self.task.cancel()
 
     def __repr__(self) -> str:
@@ -782,7 +786,7 @@ class _Engine:
         free: list[_Runner] = self._free
         if free:
             # Compiled: a pop that keeps the list's storage (_engine.pxd).
-            runner = _c_pop(free) if cython.compiled else free.pop()  # type: ignore[name-defined]  # noqa: F821
+            runner = _c_pop(free)
         elif _get_running_loop() is loop:
             runner = self._new_runner()
         else:
@@ -865,10 +869,7 @@ class _Engine:
                     self._release()
                 else:
                     self._counted -= 1
-                if cython.compiled:
-                    _c_push(free, runner)  # type: ignore[name-defined]  # noqa: F821
-                else:
-                    free.append(runner)
+                _c_push(self._free, runner)
             return handle  # type: ignore[return-value]  # None with `done`: see above
         # The job suspended: the runner's task takes it from here.  Its handle is a
         # _Handle, whose cancel() reaches the runner.
@@ -978,7 +979,7 @@ class _Engine:
             else:
                 _swap_current_task(loop, None)
             runner.state = _IDLE
-            self._free.append(runner)
+            _c_push(self._free, runner)
         coro.close()  # never started: no "coroutine ... was never awaited"
         self._release()
         raise RuntimeError(f"{self!r} is bound to another event loop")
@@ -999,7 +1000,7 @@ class _Engine:
             self._retire(runner)
         elif self._state is _OPEN:
             self._release()
-            self._free.append(runner)
+            _c_push(self._free, runner)
         else:
             self._release()
             self._retire(runner)
@@ -1116,10 +1117,7 @@ class _Engine:
             cancelling = task.cancelling()  # type: ignore[union-attr]
         if self._state is _OPEN and not self._copy_context and not cancelling:
             runner.state = _IDLE
-            if cython.compiled:
-                _c_push(self._free, runner)  # type: ignore[name-defined]  # noqa: F821
-            else:
-                self._free.append(runner)
+            _c_push(self._free, runner)
             if self._suspended == 0 and self._drained is not None:
                 self._check_drained()
         else:
@@ -1155,7 +1153,7 @@ class _Engine:
             runner.state = _STOP
         else:
             runner.state = _IDLE
-            self._free.append(runner)
+            _c_push(self._free, runner)
         self._check_drained()
 
     def _check_drained(self) -> None:
