@@ -114,13 +114,15 @@ else:  # pragma: no cover - exercised on 3.11 only
     # _start() swaps with two dict stores instead of two calls.
     _current_tasks = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
 
-    def _swap_current_task(loop: asyncio.AbstractEventLoop, task: Any) -> Any:
+    def _swap_current_task_311(loop: asyncio.AbstractEventLoop, task: Any) -> Any:
         prev = _current_tasks.get(loop)
         if task is None:
             _current_tasks.pop(loop, None)
         else:
             _current_tasks[loop] = task
         return prev
+
+    _swap_current_task = _swap_current_task_311
 
 
 # Executors that have worker tasks.  A parked worker is referenced only by its executor
@@ -450,6 +452,11 @@ class _Handle(asyncio.Future[T]):
             self._runner = None
             runner._handle_cancelled(self)
         return True
+
+
+# The class, as a C variable of the compiled engine (a module global's read is a dict
+# lookup there since 3.12; see _engine.pxd).
+_HANDLE_TYPE: Final = _Handle
 
 
 class _Queued:
@@ -847,7 +854,7 @@ class _Engine:
                         # _new_handle()'s pure-Python case, inlined: the pure engine's
                         # submit() pays a Python call less per job (-700 instructions).
                         handle = _Future(loop=loop)
-                if cython.compiled and (type(handle) is _Future or type(handle) is _Handle):
+                if cython.compiled and (type(handle) is _Future or type(handle) is _HANDLE_TYPE):
                     _future_set_result(handle, value)
                 else:
                     handle.set_result(value)
@@ -877,7 +884,7 @@ class _Engine:
         if handle is not None:
             job_handle = handle  # type: ignore[assignment]  # a queued job's: submit_nowait
         elif cython.compiled:
-            job_handle = _c_call(_Handle, (), self._future_kwargs)  # type: ignore[name-defined]  # noqa: F821
+            job_handle = _c_call(_HANDLE_TYPE, (), self._future_kwargs)  # type: ignore[name-defined]  # noqa: F821
         else:
             job_handle = _Handle(loop=loop)
         job_handle._runner = runner
