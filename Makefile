@@ -56,7 +56,7 @@ matrix: $(VENV)/.test-installed
 		print(*(p for p in ("3.11", "3.12", "3.13", "3.14") if p != v))')
 
 ## make bench: ShardedExecutor against one executor (about 30 s), then every contender x
-## workload x loop, each in its own process (about 2.5 minutes), ending with a summary
+## workload x loop, each in its own process (about 5 minutes), ending with a summary
 ## of the targets in bench/targets.json met and missed.  A report: exit 0 even when targets
 ## are missed.  Writes bench/results/local/ (untracked).  N=10000000 pushes ten million
 ## jobs; BENCH_ARGS passes more flags to bench.run.

@@ -61,6 +61,14 @@ async def main(n):
             await asyncio.sleep(0)
     await asyncio.gather(*[loop(n // 1000) for _ in range(1000)])
 """,
+    # make bench's floor for yield-once jobs: the job function awaited in a loop.
+    "floor-sleep0": """
+async def main(n):
+    async def loop(k):
+        for _ in range(k):
+            await sleep0()
+    await asyncio.gather(*[loop(n // 1000) for _ in range(1000)])
+""",
 }
 
 PRELUDE = """
