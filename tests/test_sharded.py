@@ -548,9 +548,13 @@ def test_keyboard_interrupt_or_system_exit_in_a_job_propagates(
 
 CTRL_C_SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, signal, sys
     from coroexecutor import ShardedExecutor
     from tests import sharded_jobs as jobs
+
+    # A suite started as a background job of a non-interactive shell (`make test &`,
+    # nohup) passes SIGINT on ignored, and Ctrl-C would do nothing: as in a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     async def main():
         async with ShardedExecutor(2) as exe:
