@@ -128,8 +128,9 @@ class PeakSampler:
 class Workload:
     """The jobs every contender runs, plus the executor-free floor for them.
 
-    ``job`` takes no argument (for submit/spawn style APIs), ``job1`` takes one (for
-    map style APIs: map, run_on_each).  ``state.done`` counts finished jobs where that
+    ``job`` is called with no argument (submit/spawn style APIs) and, as ``job1``, with
+    one (map style APIs: map, run_on_each): one function, so that neither pays a
+    wrapper coroutine the other does not.  ``state.done`` counts finished jobs where that
     is free relative to the job (not for "noop", whose job must stay a true no-op).
     """
 
@@ -149,17 +150,15 @@ class Workload:
 
     # noop ------------------------------------------------------------------
     def _make_noop(self) -> None:
-        async def job() -> None:
-            pass
-
-        async def job1(_i: object) -> None:
+        async def job(_i: object = None) -> None:
             pass
 
         async def floor() -> None:
             for _i in range(self.n):
                 await job()
 
-        self.job, self.job1, self.floor = job, job1, floor
+        self.job = self.job1 = job
+        self.floor = floor
 
     # sleep0 / sleep10ms ----------------------------------------------------
     def _make_sleeper(self, delay: float) -> None:
@@ -168,15 +167,7 @@ class Workload:
 
         # Each job also counts itself in flight, to check that no contender ever runs
         # more than max_workers at once (a few tens of ns against a µs-scale sleep).
-        async def job() -> None:
-            wl.in_flight += 1
-            if wl.in_flight > wl.max_in_flight:
-                wl.max_in_flight = wl.in_flight
-            await sleep(delay)
-            wl.in_flight -= 1
-            wl.done += 1
-
-        async def job1(_i: object) -> None:
+        async def job(_i: object = None) -> None:
             wl.in_flight += 1
             if wl.in_flight > wl.max_in_flight:
                 wl.max_in_flight = wl.in_flight
@@ -196,7 +187,8 @@ class Workload:
             q, r = divmod(self.n, w)
             await asyncio.gather(*(bare(q + (i < r)) for i in range(w)))
 
-        self.job, self.job1, self.floor = job, job1, floor
+        self.job = self.job1 = job
+        self.floor = floor
 
     def _make_sleep0(self) -> None:
         self._make_sleeper(0)
@@ -210,17 +202,7 @@ class Workload:
         self.all_parked = asyncio.Event()
         self.release = asyncio.Event()
 
-        async def job() -> None:
-            wl.parked += 1
-            if wl.parked == wl.n:
-                wl.all_parked.set()
-            await wl.release.wait()
-            wl.done += 1
-
-        # map()'s job takes an argument; like the other workloads' job1 it is a copy of
-        # job, not a wrapper around it (a wrapper's coroutine would add about 200 bytes
-        # and a frame to every parked map job that the other contenders do not pay).
-        async def job1(_i: object) -> None:
+        async def job(_i: object = None) -> None:
             wl.parked += 1
             if wl.parked == wl.n:
                 wl.all_parked.set()
@@ -234,7 +216,8 @@ class Workload:
             for t in tasks:
                 await t
 
-        self.job, self.job1, self.floor = job, job1, floor
+        self.job = self.job1 = job
+        self.floor = floor
 
     async def monitor(self) -> None:
         """For "parked": once every job is parked, measure RSS, then release them."""

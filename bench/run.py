@@ -135,7 +135,7 @@ def workload_n(workload: str, n: int) -> int:
     return n
 
 
-def default_repeat(workload: str, n: int) -> int:
+def default_repeat(n: int) -> int:
     # Every workload gets three interleaved repeats: a single run of the parked or the
     # W=10,000 workload moved by 15 % from one make bench to the next on the shared
     # machine, enough to flip a verdict against the peers.
@@ -1075,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n_per = {w: workload_n(w, args.n) for w in args.workloads}
     w_per = {w: workload_workers(w) for w in args.workloads}
-    rep_per = {w: args.repeat or default_repeat(w, n_per[w]) for w in args.workloads}
+    rep_per = {w: args.repeat or default_repeat(n_per[w]) for w in args.workloads}
 
     # contender -> (python to run it with, or None and why not, and whether it is "skipped"
     # (cannot run on this Python) rather than "not installed")
