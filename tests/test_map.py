@@ -95,7 +95,9 @@ def test_map_reorder_buffer_is_bounded_behind_a_slow_job(run) -> None:
             it = exe.map(delayed, items(), items())
             first = await it.__anext__()
             assert first == 0.05
-            assert pulled <= 2 * 4 + 2, pulled
+            # Each item is counted once per source (two).  At most max_workers jobs in
+            # flight plus as many finished results behind the slow one (README).
+            assert pulled <= 2 * (2 * 4 + 1), pulled
             await it.aclose()
 
     run(main())
@@ -402,7 +404,14 @@ def test_map_of_jobs_that_end_at_once_keeps_order_with_suspending_ones(run) -> N
     run(main())
 
 
-def test_map_error_in_a_first_step_is_raised_in_its_place_and_stops_the_input(run) -> None:
+@pytest.mark.parametrize(
+    ("workers", "suspend"),
+    [(1000, False), (2, True)],
+    ids=["started-by-the-map", "started-by-a-worker-whose-job-ended"],
+)
+def test_map_error_in_a_first_step_is_raised_in_its_place_and_stops_the_input(
+    run, workers: int, suspend: bool
+) -> None:
     started = 0
 
     async def f(i: int) -> int:
@@ -410,18 +419,20 @@ def test_map_error_in_a_first_step_is_raised_in_its_place_and_stops_the_input(ru
         started += 1
         if i == 5:
             raise Boom(i)
+        if suspend:
+            await asyncio.sleep(0)  # so the next items are started by the workers
         return i
 
     async def main() -> None:
         got = []
-        async with CoroutineExecutor(max_workers=1000) as exe:
+        async with CoroutineExecutor(max_workers=workers) as exe:
             with pytest.raises(Boom):
                 async for r in exe.map(f, range(100)):
                     got.append(r)
         assert got == [0, 1, 2, 3, 4]
         assert started == 6  # no item after the failing one was started
         s = exe.stats()
-        assert (s.submitted, s.completed, s.failed, s.cancelled) == (6, 5, 1, 0), s
+        assert (s.submitted, s.failed, s.completed + s.cancelled) == (6, 1, 5), s
 
     run(main())
 
@@ -457,5 +468,33 @@ def test_map_fn_that_returns_no_awaitable_mid_way_yields_the_results_before_it(r
         assert got == [0, 1, 2]
         s = exe.stats()
         assert s.submitted == s.completed == 3, s
+
+    run(main())
+
+
+def test_map_workers_take_the_next_items_while_the_consumer_is_busy(run) -> None:
+    # Pull-style: a worker whose job ends starts the map's next item itself, so the map
+    # goes on while the `async for` body is busy, up to max_workers in flight plus as
+    # many finished results waiting their turn.
+    started = 0
+
+    async def job(i: int) -> int:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(0)
+        return i
+
+    async def main() -> None:
+        async with CoroutineExecutor(max_workers=2) as exe:
+            results = exe.map(job, range(100))
+            assert await results.__anext__() == 0
+            before = started
+            await asyncio.sleep(0.05)  # the consumer is busy elsewhere
+            assert started > before, (before, started)
+            assert started <= 1 + 2 * 2, started  # the one yielded, and 2W behind it
+            rest = [r async for r in results]
+        assert rest == list(range(1, 100))
+        s = exe.stats()
+        assert s.submitted == s.completed == 100, s
 
     run(main())

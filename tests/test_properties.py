@@ -265,6 +265,7 @@ def expected_exit(
     stop_after=st.one_of(st.none(), st.integers(0, 25)),
     let_escape=st.booleans(),
     suppress=st.booleans(),
+    body_turns=st.integers(0, 2),
 )
 def test_map_yields_in_order_up_to_the_first_error_in_input_order(
     run,
@@ -273,12 +274,14 @@ def test_map_yields_in_order_up_to_the_first_error_in_input_order(
     stop_after: int | None,
     let_escape: bool,
     suppress: bool,
+    body_turns: int,
 ) -> None:
     """map: results come in input order; the first failing item *by input order* raises
     its own error after every earlier result, whatever the finishing order; breaking out
     early raises nothing; the input is pulled lazily; never more than max_workers jobs run;
     every started job ends exactly once.  A map error the body lets escape is what the
-    exit raises (in either mode); one caught inside leaves the executor open."""
+    exit raises (in either mode); one caught inside leaves the executor open.  The body
+    may await between results (``body_turns``), while the workers take the next items."""
     running = 0
     peak = 0
     pulled = 0
@@ -323,6 +326,7 @@ def test_map_yields_in_order_up_to_the_first_error_in_input_order(
                             if stop_after is not None and len(got) == stop_after:
                                 break
                             got.append(r)
+                            await spin(body_turns)
                 except JobError as e:
                     from_loop = e
                     if let_escape:

@@ -32,6 +32,7 @@ cdef class _Runner:
     cdef public bint counted
     cdef public object ctx
     cdef public _Engine engine
+    cdef public object feed
     cdef public object yielded
     cdef public object get_loop
     cdef public object handle
@@ -44,6 +45,14 @@ cdef class _Runner:
     cdef public object wakeup
 
     cdef inline object _park(self)
+
+
+cdef class _Feed:
+    cdef public object error
+    cdef public object fn
+    cdef public object it
+    cdef public bint open
+    cdef public object pending
 
 
 cdef class _Engine:
@@ -76,8 +85,9 @@ cdef class _Engine:
     cdef public object _max_pending
 
     # C calls from the engine itself; still methods to Python (CoroutineExecutor, map).
-    cpdef _start(self, fn, tuple args, dict kwargs, bint to_executor, handle=*, list done=*)
-    cpdef bint _map_fill(self, fn, it, list done, pending)
+    cpdef _start(self, fn, tuple args, dict kwargs, bint to_executor, handle=*, list done=*, bint inplace=*)
+    cpdef bint _map_fill(self, _Feed feed, list done)
+    cdef _pull(self, _Runner runner, _Feed feed)
     cdef object _new_handle(self)
     cpdef _release(self)
     cpdef _job_returned(self, _Runner runner, result)

@@ -199,6 +199,7 @@ class _Runner:
         "counted",
         "ctx",
         "engine",
+        "feed",
         "get_loop",
         "handle",
         "parked",
@@ -227,6 +228,7 @@ class _Runner:
         self.counted = True  # the job holds a count (False while it lends it: _submit_slow)
         self.cancel_requested = False
         self.release_on_exit = False
+        self.feed: Any = None  # the map whose job this is, for _pull
         # The future protocol, as much of it as a task uses on what it awaits: our task
         # calls get_loop() and add_done_callback() each time it parks on us, so both are
         # C callables (shared by the engine's runners; -1,500 instructions per job).
@@ -477,6 +479,19 @@ class _Queued:
         self.kwargs = kwargs
         self.handle = handle
         self.to_executor = to_executor
+
+
+class _Feed:
+    """A map's input and its results in order, shared by the map and its runners."""
+
+    __slots__ = ("error", "fn", "it", "open", "pending")
+
+    def __init__(self, fn: Any, it: Any, pending: deque[asyncio.Future[Any]]) -> None:
+        self.fn = fn
+        self.it = it
+        self.pending = pending
+        self.open = True
+        self.error: BaseException | None = None
 
 
 class _Engine:
@@ -751,6 +766,7 @@ class _Engine:
         to_executor: bool,
         handle: asyncio.Future[Any] | None = None,
         done: list[Any] | None = None,
+        inplace: bool = False,
     ) -> asyncio.Future[Any]:
         """Start one job; the caller holds a count for it.
 
@@ -811,7 +827,14 @@ class _Engine:
             # costs a getpid() system call, a fifth of a no-op job).
             self._refuse_other_loop(runner, coro)
         try:
-            if cython.compiled:
+            if inplace:
+                # _pull: inside the runner's own task step, its context entered already.
+                yielded = (
+                    _c_send(runner, coro, None)  # type: ignore[name-defined]  # noqa: F821
+                    if cython.compiled
+                    else _send(coro, None)
+                )
+            elif cython.compiled:
                 # Context.run() and send(), minus the call and the StopIteration.
                 yielded = _c_send_in(runner, coro)  # type: ignore[name-defined]  # noqa: F821
             else:
@@ -940,9 +963,7 @@ class _Engine:
             return _Future(loop=self._loop)
         return self._loop.create_future()
 
-    def _map_fill(
-        self, fn: Any, it: Any, done: list[Any], pending: deque[asyncio.Future[Any]]
-    ) -> bool:
+    def _map_fill(self, feed: _Feed, done: list[Any]) -> bool:
         """map()'s fast path: start jobs on items of ``it`` while the gate is open.
 
         While no earlier job is pending, a job that returns in its first step costs no
@@ -953,6 +974,11 @@ class _Engine:
         holds more than max_workers, or when the gate shuts (the map then takes the slow
         path).  True when ``it`` is exhausted.
         """
+        if not feed.open:
+            return True  # ended in a runner's pull (_pull)
+        fn = feed.fn
+        it = feed.it
+        pending: deque[asyncio.Future[Any]] = feed.pending
         limit = self._limit
         batch = limit if limit < _MAP_BATCH else _MAP_BATCH
         while batch > 0:
@@ -961,6 +987,7 @@ class _Engine:
                 return False
             args = next(it, None)
             if args is None:
+                feed.open = False
                 return True
             self._counted += 1
             if not pending:
@@ -970,9 +997,47 @@ class _Engine:
             else:
                 handle = self._start(fn, args, _NO_KWARGS, False)
             pending.append(handle)
+            if type(handle) is _HANDLE_TYPE and handle._runner is not None:
+                handle._runner.feed = feed
             if pending[0].done() or len(pending) > limit:
                 return False
         return False
+
+    def _pull(self, runner: _Runner, feed: _Feed) -> None:
+        """Pull-style map: the job of ``feed`` on ``runner`` ended inside the runner's
+        task step, and the runner is back on the free list: start the map's next items
+        on it at once, in place, while the gate is open, no submitter waits and the
+        map's look-ahead has room.  The map's own _map_fill takes over otherwise."""
+        pending = feed.pending
+        fn = feed.fn
+        free: list[_Runner] = self._free
+        while feed.open and not self._waiters and self._counted < self._fast_limit:
+            if len(pending) >= 2 * self._limit:
+                return  # max_workers in flight and as many finished behind a slow one
+            if not free or free[len(free) - 1] is not runner:
+                return  # the runner was retired (a job before cancelled its task)
+            try:
+                args = next(feed.it, None)
+                if args is None:
+                    feed.open = False
+                    return
+                self._counted += 1
+                handle = self._start(fn, args, _NO_KWARGS, False, None, None, True)
+            except BaseException as exc:
+                # The input raised, or fn returned something that cannot be awaited:
+                # the map raises it after the results before it, as when it pulls.
+                feed.open = False
+                feed.error = exc
+                return
+            pending.append(handle)
+            if type(handle) is _HANDLE_TYPE and handle._runner is not None:
+                runner.feed = feed
+                return
+            if handle.cancelled() or handle.exception() is not None:
+                # It failed in its first step: the map raises it in its place, and no
+                # item after a failing one is started (as in _map_fill).
+                feed.open = False
+                return
 
     def _refuse_other_loop(
         self, runner: _Runner | None, coro: Coroutine[Any, Any, Any]
@@ -1101,6 +1166,7 @@ class _Engine:
             # Its handle was cancelled while the job ran (or, by hand, given a result).
             self._suspended -= 1
             self._cancelled += 1
+            runner.feed = None
             self._end_runner(runner)
             self._job_cancelled_by_handle(runner.to_executor)
             return
@@ -1122,9 +1188,13 @@ class _Engine:
             cancelling = _task_cancelling(task)
         else:
             cancelling = task.cancelling()  # type: ignore[union-attr]
+        feed = runner.feed
+        runner.feed = None
         if self._state is _OPEN and not self._copy_context and not cancelling:
             runner.state = _IDLE
             _c_push(self._free, runner)
+            if feed is not None and feed.open:
+                self._pull(runner, feed)
             if self._suspended == 0 and self._drained is not None:
                 self._check_drained()
         else:
@@ -1143,6 +1213,7 @@ class _Engine:
         runner.coro = None
         self._suspended -= 1
         handle._runner = None
+        runner.feed = None
         to_executor = runner.to_executor
         self._end_runner(runner)
         self._settle_raised(handle, exc, to_executor)

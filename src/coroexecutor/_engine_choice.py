@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ("COMPILED", "_Engine")
+__all__ = ("COMPILED", "_Engine", "_Feed")
 
 
 def _built_from_this_source(module: ModuleType) -> bool:
@@ -51,5 +51,6 @@ if not os.environ.get("COROEXECUTOR_NO_EXTENSIONS"):
 
 if COMPILED and not TYPE_CHECKING:  # the type checker reads the one source, _engine.py
     _Engine = _cengine._Engine
+    _Feed = _cengine._Feed
 else:
-    from ._engine import _Engine
+    from ._engine import _Engine, _Feed

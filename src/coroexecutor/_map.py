@@ -6,7 +6,9 @@ map, not to fail-fast) and ``_max_in_flight`` (how many jobs can run at once: th
 buffer's bound).  On CoroutineExecutor's engine, with sync input, the loops below take
 the engine's fast path: ``_map_fill`` for map (a batch of jobs per call, no handle for
 a job that returns at once), ``_counted < _fast_limit`` then ``_start`` inline for
-map_unordered.  Measured specialisations, the hot path of map.
+map_unordered.  Measured specialisations, the hot path of map.  map's fast path is also
+pull-style: the engine's runners take the next items of its ``_Feed`` as their jobs end
+(``_Engine._pull``), and the generator below refills only what they leave.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._engine_choice import _Engine
+from ._engine_choice import _Engine, _Feed
 from ._jobs import _NO_KWARGS
 
 if TYPE_CHECKING:
@@ -94,15 +96,19 @@ async def _map(
     """
     pending: deque[asyncio.Future[Any]] = deque()
     it, sync = _zip_sources(sources)
+    feed = None
     try:
         if sync and isinstance(exe, _Engine):
             # The engine's fast path: _map_fill starts a batch of jobs in one call (in
             # C, in the compiled engine), and a job that returns in its first step
             # while none is pending costs no handle; its value comes back in `done`.
             done: list[Any] = []
+            # Pull-style: a runner whose job of this map ends takes the next item itself
+            # (_Engine._pull); the feed is what they share.
+            feed = _Feed(fn, it, pending)
             while True:
                 try:
-                    ended = exe._map_fill(fn, it, done, pending)
+                    ended = exe._map_fill(feed, done)
                 except Exception:
                     # The input, or starting a job, raised: the results before it first.
                     for value in done:
@@ -111,11 +117,21 @@ async def _map(
                 for value in done:
                     yield value
                 done.clear()
+                if feed.error is not None:
+                    raise feed.error  # the input raised, in a runner's pull
                 if ended:
                     break
                 if exe._counted >= exe._fast_limit:
-                    # The gate is shut (full, closing, rate-limited): one item the slow way.
-                    if (args := next(it, None)) is None:
+                    if pending and exe._counted >= exe._limit and exe._fast_limit == exe._limit:
+                        # Full, and nothing else shuts the gate: the runners pull the
+                        # next items as their jobs end; wait for the oldest result.
+                        while pending and pending[0].done():
+                            yield pending.popleft().result()
+                        if pending:
+                            yield await pending.popleft()
+                        continue
+                    # The gate is shut (closing, rate-limited): one item the slow way.
+                    if not feed.open or (args := next(it, None)) is None:
                         break
                     pending.append(await exe._submit_for_map(fn, args))
                 while pending and pending[0].done():
@@ -131,9 +147,13 @@ async def _map(
                     yield await pending.popleft()
         while pending:
             yield await pending.popleft()
+        if feed is not None and feed.error is not None:
+            raise feed.error
     finally:
         # Left early, failed, or cancelled: the map's unfinished jobs are cancelled
         # (each ends as cancelled and is awaited by the executor's exit).
+        if feed is not None:
+            feed.open = False
         for handle in pending:
             handle.cancel()
         _drop(sources)
