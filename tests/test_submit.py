@@ -531,3 +531,53 @@ def test_used_from_a_second_event_loop_is_refused_on_the_fast_path(
     if first_loop_state == "open":
         first.run(exe.shutdown())
         first.close()
+
+
+async def wait_for(fut: asyncio.Future[Any]) -> Any:
+    return await fut
+
+
+def test_a_new_workers_task_waits_on_the_job_before_submit_returns(run) -> None:
+    """A new worker's task takes its first step inside its constructor on every Python
+    (3.12+: eager_start; 3.11: the engine runs that step itself), so a job that suspends
+    in submit() already has its task's wake-up on what it waits for, and no first step
+    per new worker is left queued in the loop."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(50)]
+        async with CoroutineExecutor(max_workers=100) as exe:
+            handles = [await exe.submit(wait_for, f) for f in futs]
+            # Without the first step taken, nothing waits on the futures yet.
+            assert [len(f._callbacks) for f in futs] == [1] * 50  # type: ignore[attr-defined]
+            assert "call_soon" not in vars(loop)  # what stood in for it while a task was made
+            for i, f in enumerate(futs):
+                f.set_result(i)
+            assert [await h for h in handles] == list(range(50))
+
+    run(main())
+
+
+def test_a_loop_with_its_own_call_soon_schedules_every_worker_step() -> None:
+    """A loop whose call_soon is not asyncio's or uvloop's own sees every call, the new
+    workers' first steps too: the engine steps a task itself only on loops it knows."""
+    calls: list[Any] = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(20)]
+        async with CoroutineExecutor(max_workers=100) as exe:
+            before = len(calls)
+            handles = [await exe.submit(wait_for, f) for f in futs]
+            assert len(calls) - before >= 20  # one first step per new worker, at least
+            for i, f in enumerate(futs):
+                f.set_result(i)
+            return [await h for h in handles]
+
+    with asyncio.Runner(loop_factory=CountingLoop, debug=True) as runner:
+        assert runner.run(main()) == list(range(20))

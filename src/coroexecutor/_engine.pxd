@@ -25,24 +25,28 @@ cdef extern from "Python.h":
 
 
 cdef class _Runner:
-    cdef public bint _asyncio_future_blocking
+    # The object fields first and the flags after them, packed: 160 bytes with the two
+    # links, what the flags' padding made it without them when they came in between.
     cdef public object add_done_callback
-    cdef public bint cancel_requested
     cdef public object coro
-    cdef public bint counted
     cdef public object ctx
     cdef public _Engine engine
     cdef public object feed
-    cdef public object yielded
     cdef public object get_loop
     cdef public object handle
+    cdef public _Runner live_next
+    cdef public _Runner live_prev
+    cdef public object returned
+    cdef public object task
+    cdef public object wakeup
+    cdef public object yielded
+    cdef public int state
+    cdef public bint _asyncio_future_blocking
+    cdef public bint cancel_requested
+    cdef public bint counted
     cdef public bint parked
     cdef public bint release_on_exit
     cdef public bint to_executor
-    cdef public object returned
-    cdef public int state
-    cdef public object task
-    cdef public object wakeup
 
     cdef inline object _park(self)
 
@@ -70,9 +74,12 @@ cdef class _Engine:
     cdef public object _pace
     cdef public object _job_factory
     cdef public list _free
-    cdef public dict _tasks
+    cdef public _Runner _live_first
+    cdef public _Runner _live_last
+    cdef public Py_ssize_t _live_count
     cdef public bint _copy_context
     cdef public bint _plain_futures
+    cdef public bint _step_at_birth
     cdef public dict _future_kwargs
     cdef public object _context
     cdef public object _done_fut
