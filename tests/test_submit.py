@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from typing import Any
 
@@ -558,9 +559,12 @@ def test_a_new_workers_task_waits_on_the_job_before_submit_returns(run) -> None:
     run(main())
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12), reason="3.12+: eager_start, which calls no call_soon on any loop"
+)
 def test_a_loop_with_its_own_call_soon_schedules_every_worker_step() -> None:
-    """A loop whose call_soon is not asyncio's or uvloop's own sees every call, the new
-    workers' first steps too: the engine steps a task itself only on loops it knows."""
+    """3.11: a loop whose call_soon is not asyncio's or uvloop's own sees every call, the
+    new workers' first steps too: the engine steps a task itself only on loops it knows."""
     calls: list[Any] = []
 
     class CountingLoop(asyncio.SelectorEventLoop):
