@@ -1356,6 +1356,34 @@ def test_workers_in_a_reference_cycle_are_collected_after_shutdown(run) -> None:
     run(main())
 
 
+@pytest.mark.skipif(not coroexecutor.__compiled__, reason="the compiled engine's doing")
+def test_a_live_worker_is_out_of_the_collectors_sight_until_it_ends(run) -> None:
+    """While a worker lives, its task, its runner and the task's wake-up on what the job
+    waits for are reachable through the executor, and the compiled engine hides them
+    from the cyclic GC; when the worker ends, the GC sees them again."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        tasks: list[Any] = []
+
+        async def job() -> Any:
+            tasks.append(asyncio.current_task())
+            return await fut
+
+        async with CoroutineExecutor(max_workers=4) as exe:
+            handle = await exe.submit(job)
+            (task,) = tasks
+            ((wakeup, _context),) = fut._callbacks  # type: ignore[attr-defined]
+            hidden = [task, task.get_coro(), wakeup]
+            assert [gc.is_tracked(o) for o in hidden] == [False, False, False]
+            fut.set_result(1)
+            assert await handle == 1
+        assert [gc.is_tracked(o) for o in hidden] == [True, True, True]
+
+    run(main())
+
+
 def test_dropped_executor_with_pending_jobs_logs_nothing(
     loop_kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:

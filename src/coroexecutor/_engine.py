@@ -1122,6 +1122,10 @@ class _Engine:
             _c_gc_hide(ctx)  # type: ignore[name-defined]  # noqa: F821
             if type(task) is _Task:
                 _c_gc_hide(task)  # type: ignore[name-defined]  # noqa: F821
+                if runner.wakeup is not None:
+                    # Captured in the constructor (a first step at birth), before
+                    # runner.task was set for _capture_wakeup() to see.
+                    _c_gc_hide(runner.wakeup)  # type: ignore[name-defined]  # noqa: F821
         if not self._live_count:
             _LIVE.add(self)
         last = self._live_last
