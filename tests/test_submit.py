@@ -7,6 +7,7 @@ import gc
 import sys
 import weakref
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -585,3 +586,66 @@ def test_a_loop_with_its_own_call_soon_schedules_every_worker_step() -> None:
 
     with asyncio.Runner(loop_factory=CountingLoop, debug=True) as runner:
         assert runner.run(main()) == list(range(20))
+
+
+def test_call_soon_from_a_collection_while_workers_are_made_reaches_the_loop(run) -> None:
+    """A garbage collection may run while a new worker's task is made, and a finalizer
+    then may call loop.call_soon (a transport's close() does): that call is the loop's
+    own, whatever stands in for the task's first step."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        counts = {"scheduled": 0, "ran": 0}
+
+        def ran() -> None:
+            counts["ran"] += 1
+
+        def on_gc(phase: str, _info: dict[str, Any]) -> None:
+            if phase == "start":
+                counts["scheduled"] += 1
+                loop.call_soon(ran)
+
+        futs = [loop.create_future() for _ in range(200)]
+        threshold = gc.get_threshold()
+        gc.callbacks.append(on_gc)
+        gc.set_threshold(1)  # a young collection at nearly every allocation
+        try:
+            async with CoroutineExecutor(max_workers=1000) as exe:
+                handles = [await exe.submit(wait_for, f) for f in futs]
+                gc.callbacks.remove(on_gc)
+                gc.set_threshold(*threshold)
+                for i, f in enumerate(futs):
+                    f.set_result(i)
+                assert [await h for h in handles] == list(range(200))
+        finally:
+            if on_gc in gc.callbacks:
+                gc.callbacks.remove(on_gc)
+            gc.set_threshold(*threshold)
+        await asyncio.sleep(0)
+        assert counts["scheduled"] > 200 and counts["ran"] == counts["scheduled"]
+
+    run(main())
+
+
+def test_a_call_soon_patched_on_the_loop_stays_and_sees_the_workers_steps(run) -> None:
+    """A call_soon set on the loop instance (mock.patch.object, a tracer) is left in
+    place, and on 3.11 it schedules every new worker's first step (3.12+: eager_start
+    schedules none)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(20)]
+        with mock.patch.object(loop, "call_soon", wraps=loop.call_soon) as patched:
+            async with CoroutineExecutor(max_workers=100) as exe:
+                handles = [await exe.submit(wait_for, f) for f in futs]
+                assert loop.call_soon is patched
+                steps = patched.call_count
+                for i, f in enumerate(futs):
+                    f.set_result(i)
+                assert [await h for h in handles] == list(range(20))
+            assert loop.call_soon is patched
+        assert "call_soon" not in vars(loop)
+        if sys.version_info < (3, 12):
+            assert steps >= 20  # one first step per new worker
+
+    run(main())

@@ -1126,6 +1126,8 @@ class _Engine:
                     # Captured in the constructor (a first step at birth), before
                     # runner.task was set for _capture_wakeup() to see.
                     _c_gc_hide(runner.wakeup)  # type: ignore[name-defined]  # noqa: F821
+        if task.done():  # it ended in its first step, in the constructor (not so far)
+            return runner
         if not self._live_count:
             _LIVE.add(self)
         last = self._live_last
@@ -1397,31 +1399,57 @@ def _task_stepped_at_birth(
 
     3.11's Task schedules its first step with ``loop.call_soon``, looked up on the loop
     at that moment.  For the constructor's duration an attribute of the loop instance
-    stands in for the method: it runs the step at once, in the task's context, with no
-    task current (the step enters its own).  Nothing else runs in between, and the
-    attribute is gone when the constructor returns.  A runner's first step only parks
-    it, so the job stepped on it next waits with the task's wake-up attached, and no
-    queued step and handle per new worker stays behind (100,000 of them, made between
-    the jobs' own objects, with 100,000 jobs parked at once).
+    stands in for the method (_FirstStep): it runs that one step at once, and passes
+    any other call on to the loop's own method (a finalizer run by a collection in
+    between may call it).  A runner's first step only parks it, so the job stepped on
+    it next waits with the task's wake-up attached, and no queued step and handle per
+    new worker stays behind (100,000 of them, made between the jobs' own objects, with
+    100,000 jobs parked at once).
     """
     d = loop.__dict__
-    d["call_soon"] = _step_now
+    if "call_soon" in d:  # someone else's stand-in (a mock, a tracer): theirs to see
+        return _Task(runner, loop=loop, context=ctx)
+    stand_in = _FirstStep(loop, runner)
+    d["call_soon"] = stand_in
     try:
         return _Task(runner, loop=loop, context=ctx)
     finally:
-        del d["call_soon"]
+        if d.get("call_soon") is stand_in:
+            del d["call_soon"]
 
 
-def _step_now(callback: Callable[..., Any], *args: Any, context: contextvars.Context) -> None:
-    """What loop.call_soon is while _task_stepped_at_birth() makes a task."""
-    assert _current_tasks is not None
-    loop = _get_running_loop()
-    prev = _current_tasks.pop(loop, None)
-    try:
-        context.run(callback, *args)
-    finally:
-        if prev is not None:
-            _current_tasks[loop] = prev
+class _FirstStep:
+    """What loop.call_soon is while _task_stepped_at_birth() makes a runner's task."""
+
+    __slots__ = ("loop", "runner")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, runner: _Runner) -> None:
+        self.loop = loop
+        self.runner = runner
+
+    def __call__(
+        self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
+    ) -> Any:
+        loop = self.loop
+        task = getattr(callback, "__self__", None)  # the C step wrapper's, or a method's
+        d = loop.__dict__
+        if (
+            d.get("call_soon") is not self
+            or type(task) is not _Task
+            or task.get_coro() is not self.runner
+            or context is None
+        ):
+            return type(loop).call_soon(loop, callback, *args, context=context)
+        del d["call_soon"]  # the loop's own again before the step runs anything
+        ct = _current_tasks
+        assert ct is not None
+        prev = ct.pop(loop, None)  # the step enters its own task
+        try:
+            context.run(callback, *args)
+        finally:
+            if prev is not None:
+                ct[loop] = prev
+        return None
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
