@@ -76,7 +76,6 @@ cdef class _Engine:
     cdef public list _free
     cdef public _Runner _live_first
     cdef public _Runner _live_last
-    cdef public Py_ssize_t _live_count
     cdef public bint _copy_context
     cdef public bint _plain_futures
     cdef public bint _step_at_birth

@@ -535,7 +535,6 @@ class _Engine:
         # set entry (about 50 bytes each at 100,000; the runner has room for the links).
         self._live_first: _Runner | None = None
         self._live_last: _Runner | None = None
-        self._live_count = 0
         self._copy_context = copy_context
         self._plain_futures = False
         self._step_at_birth = False  # 3.11: a new worker's task steps in its constructor
@@ -564,8 +563,13 @@ class _Engine:
         self._done_fut = done
         # loop.create_future() is a Python-level method on the default loop; call the
         # C constructor directly where that is all it does (asyncio's and uvloop's loops).
-        self._plain_futures = _plain_create_future(loop)
-        self._step_at_birth = not _EAGER_START and _plain_call_soon(loop)
+        self._plain_futures = _loops_own(loop, "create_future")
+        # _task_stepped_at_birth() stands in for call_soon in the loop's __dict__.
+        self._step_at_birth = (
+            not _EAGER_START
+            and _loops_own(loop, "call_soon")
+            and isinstance(getattr(loop, "__dict__", None), dict)
+        )
         self._refresh_gate()
 
     def _bound(self) -> bool:
@@ -1128,7 +1132,7 @@ class _Engine:
                     _c_gc_hide(runner.wakeup)  # type: ignore[name-defined]  # noqa: F821
         if task.done():  # it ended in its first step, in the constructor (not so far)
             return runner
-        if not self._live_count:
+        if self._live_first is None:
             _LIVE.add(self)
         last = self._live_last
         runner.live_prev = last
@@ -1137,13 +1141,12 @@ class _Engine:
         else:
             last.live_next = runner
         self._live_last = runner
-        self._live_count += 1
         return runner
 
     def _runner_of(self, task: asyncio.Task[Any] | None) -> _Runner | None:
         """The runner of ours whose task this is, if any (a worker's task's coroutine is
         its runner)."""
-        if task is None or task.done():
+        if task is None:
             return None
         coro = task.get_coro()
         if type(coro) is _Runner and coro.engine is self and coro.task is task:
@@ -1197,12 +1200,11 @@ class _Engine:
             else:
                 nxt.live_prev = prev
             runner.live_prev = runner.live_next = None
-            self._live_count -= 1
         try:
             self._free.remove(runner)  # only if it died while idle (rare)
         except ValueError:
             pass
-        if not self._live_count:
+        if self._live_first is None:
             _LIVE.discard(self)
             gone = self._workers_gone
             if gone is not None and not gone.done():
@@ -1371,24 +1373,13 @@ class _Engine:
         self._job_failed(_CancelledError(), to_executor)  # type: ignore[attr-defined]
 
 
-def _plain_create_future(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether loop.create_future() does nothing but asyncio.Future(loop=loop)."""
-    meth = type(loop).create_future
-    if meth is asyncio.BaseEventLoop.create_future:
+def _loops_own(loop: asyncio.AbstractEventLoop, name: str) -> bool:
+    """Whether the loop's method ``name`` is asyncio's or uvloop's own, not an override."""
+    meth = getattr(type(loop), name)
+    if meth is getattr(asyncio.BaseEventLoop, name):
         return True
     uvloop = sys.modules.get("uvloop")  # imported already if this is its loop
-    return uvloop is not None and meth is uvloop.Loop.create_future
-
-
-def _plain_call_soon(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether loop.call_soon is asyncio's or uvloop's own, and the loop has a __dict__
-    where _task_stepped_at_birth() can stand in for it."""
-    meth = type(loop).call_soon
-    if meth is not asyncio.BaseEventLoop.call_soon:
-        uvloop = sys.modules.get("uvloop")
-        if uvloop is None or meth is not uvloop.Loop.call_soon:
-            return False
-    return isinstance(getattr(loop, "__dict__", None), dict)
+    return uvloop is not None and meth is getattr(uvloop.Loop, name)
 
 
 def _task_stepped_at_birth(

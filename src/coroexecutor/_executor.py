@@ -187,7 +187,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         """
         propagate: BaseException | None = None
         loop = self._loop
-        while self._suspended or self._pending or self._live_count:
+        while self._suspended or self._pending or self._live_first is not None:
             if not self._suspended and not self._pending:
                 self._close()
                 self._stop_idle_workers()
