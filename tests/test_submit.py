@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import weakref
 from typing import Any
 from unittest import mock
@@ -600,8 +601,12 @@ def test_call_soon_from_a_collection_while_workers_are_made_reaches_the_loop(run
         def ran() -> None:
             counts["ran"] += 1
 
+        loop_thread = threading.get_ident()
+
         def on_gc(phase: str, _info: dict[str, Any]) -> None:
-            if phase == "start":
+            # Other threads collect too (tqdm's monitor thread, once a progress bar has
+            # run): only a collection in the loop's thread may call its call_soon.
+            if phase == "start" and threading.get_ident() == loop_thread:
                 counts["scheduled"] += 1
                 loop.call_soon(ran)
 
