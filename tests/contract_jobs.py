@@ -34,6 +34,49 @@ async def fail_if(x: int, bad: int) -> int:
     return x
 
 
+async def outcome(x: int, kind: str) -> int:
+    """x, or fail as ``kind`` says: "error", "cancel" (the job cancels itself),
+    "hang" (sleeps for an hour), "quick-error" (before its first await)."""
+    if kind == "quick-error":
+        raise ValueError(f"quick {x}")
+    await asyncio.sleep(0.001 * (x % 3))
+    if kind == "error":
+        raise ValueError(f"bad {x}")
+    if kind == "cancel":
+        raise asyncio.CancelledError
+    if kind == "hang":
+        await asyncio.sleep(3600)
+    return x
+
+
+_calls: dict[str, int] = {}  # flaky(): calls so far per key, in this process
+
+
+async def flaky(key: str, failures: int, error: str = "ValueError") -> str:
+    """Fail the first ``failures`` calls with ``key`` (ValueError, KeyError or
+    CancelledError, by name), then return how many calls it took."""
+    n = _calls[key] = _calls.get(key, 0) + 1
+    await asyncio.sleep(0)
+    if n <= failures:
+        raise {"ValueError": ValueError, "KeyError": KeyError}.get(error, asyncio.CancelledError)(
+            f"{key} call {n}"
+        )
+    return f"{key} took {n}"
+
+
+async def hang_then_answer(key: str) -> str:
+    """Sleep an hour on the first call with ``key``, answer on the next."""
+    n = _calls[key] = _calls.get(key, 0) + 1
+    if n == 1:
+        await asyncio.sleep(3600)
+    return f"{key} took {n}"
+
+
+async def raise_timeout(message: str) -> None:
+    await asyncio.sleep(0)
+    raise TimeoutError(message)
+
+
 def init(*args: Any) -> None:
     _init[:] = args
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -169,6 +170,46 @@ def test_run_without_uvloop_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     coro.close()
 
 
+def test_run_with_a_loop_factory_uses_it_and_warns_of_nothing() -> None:
+    made: list[asyncio.AbstractEventLoop] = []
+
+    def factory() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        made.append(loop)
+        return loop
+
+    async def main() -> asyncio.AbstractEventLoop:
+        async with CoroutineExecutor() as exe:
+            h = await exe.submit(asyncio.sleep, 0)
+        await h
+        return asyncio.get_running_loop()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DeprecationWarning (no event-loop policy)
+        assert coroexecutor.run(main(), loop_factory=factory, debug=True) is made[0]
+    assert made[0].is_closed()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"loop_factory": "asyncio"}, TypeError, "loop_factory must be callable"),
+        ({"loop_factory": asyncio.new_event_loop, "uvloop": False}, ValueError, "not both"),
+        ({"uvloop": "yes"}, TypeError, "uvloop must be True, False or None"),
+    ],
+)
+def test_run_refuses_bad_arguments_by_name(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    async def main() -> None:
+        pass
+
+    coro = main()
+    with pytest.raises(error, match=match):
+        coroexecutor.run(coro, **kwargs)
+    coro.close()
+
+
 def test_run_returns_the_result_and_propagates_errors() -> None:
     async def ok() -> int:
         async with CoroutineExecutor() as exe:
@@ -188,6 +229,7 @@ def test_public_names() -> None:
         "CoroutineExecutor",
         "ExecutorFull",
         "ExecutorStats",
+        "Retry",
         "ShardCrashed",
         "ShardedExecutor",
         "run",

@@ -16,13 +16,14 @@ import asyncio
 import math
 import re
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from tests import contract_jobs as jobs
 
-from coroexecutor import CoroutineExecutor, ExecutorFull, ShardedExecutor
+from coroexecutor import CoroutineExecutor, ExecutorFull, Retry, ShardedExecutor
 
 # (executor, loop): ShardedExecutor's parent runs on asyncio here; its shards use uvloop
 # when installed, whatever the parent's loop.
@@ -124,6 +125,60 @@ def test_map_error_comes_in_its_turn_and_does_not_fail_fast(run, make) -> None:
         assert got == [0, 1, 2]
         assert after.result() == "still open"
         adds_up(exe)
+
+    run(main())
+
+
+def _kinds(n: int) -> list[str]:
+    cycle = ["ok", "error", "ok", "cancel", "ok", "hang", "quick-error", "ok"]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def _expected(i: int, kind: str) -> Any:
+    return {"error": f"ValueError('bad {i}')", "quick-error": f"ValueError('quick {i}')"}.get(
+        kind, {"cancel": "CancelledError()", "hang": "TimeoutError"}.get(kind, i)
+    )
+
+
+def _seen(r: Any) -> Any:
+    if isinstance(r, TimeoutError):
+        assert "timed out after 0.1 s" in str(r)
+        return "TimeoutError"
+    return repr(r) if isinstance(r, BaseException) else r
+
+
+def test_map_return_exceptions_yields_each_failure_in_its_place(run, make) -> None:
+    """One bad item (an error, a cancellation, a job_timeout) does not end the map."""
+
+    async def main() -> None:
+        kinds = _kinds(40)
+        async with make(max_workers=4, job_timeout=0.1) as exe:
+            got = [
+                _seen(r)
+                async for r in exe.map(jobs.outcome, range(40), kinds, return_exceptions=True)
+            ]
+            unordered = [
+                _seen(r)
+                async for r in exe.map_unordered(
+                    jobs.outcome, range(40), kinds, return_exceptions=True
+                )
+            ]
+        want = [_expected(i, k) for i, k in enumerate(kinds)]
+        assert got == want
+        assert sorted(map(str, unordered)) == sorted(map(str, want))
+        st = exe.stats()
+        assert (st.completed, st.failed, st.cancelled) == (40, 30, 10)  # twice 20/15/5
+        adds_up(exe)
+
+    run(main())
+
+
+def test_map_return_exceptions_must_be_a_bool(run, make) -> None:
+    async def main() -> None:
+        async with make() as exe:
+            for method in (exe.map, exe.map_unordered):
+                with pytest.raises(TypeError, match="return_exceptions must be True or False"):
+                    method(jobs.echo, range(3), return_exceptions="yes")
 
     run(main())
 
@@ -237,6 +292,32 @@ def test_job_timeout_fails_a_slow_job_with_timeout_error(run, make) -> None:
             quick = await exe.submit(jobs.sleep_echo, 0.001, "quick")
         assert isinstance(slow.exception(), TimeoutError)
         assert quick.result() == "quick"
+        # The message says what timed out, and after how long.
+        assert str(slow.exception()) == "job sleep_echo(3600) timed out after 0.05 s (job_timeout)"
+
+    run(main())
+
+
+def test_job_timeout_leaves_a_jobs_own_timeout_error_as_it_is(run, make) -> None:
+    async def main() -> None:
+        async with make(job_timeout=60, suppress_task_errors=True) as exe:
+            own = await exe.submit(jobs.raise_timeout, "the job's own")
+            long_args = await exe.submit(jobs.sleep_echo, 3600, "x" * 500)
+            await asyncio.sleep(0.05)
+            exe.cancel()
+        assert str(own.exception()) == "the job's own"
+        assert long_args.cancelled()
+
+    run(main())
+
+
+def test_job_timeout_message_shortens_long_arguments(run, make) -> None:
+    async def main() -> None:
+        async with make(job_timeout=0.02, suppress_task_errors=True) as exe:
+            h = await exe.submit(jobs.sleep_echo, 3600, x="y" * 10_000)
+        message = str(h.exception())
+        assert message.startswith("job sleep_echo(3600, x='yyyy") and len(message) < 200
+        assert message.endswith("timed out after 0.02 s (job_timeout)")
 
     run(main())
 
@@ -268,6 +349,256 @@ def test_shutdown_cancel_futures_and_wait_false(run, make) -> None:
             assert h.cancelled()
 
     run(main())
+
+
+def test_shutdown_grace_lets_jobs_finish_then_cancels_the_rest(run, make) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with make(max_workers=2) as exe:
+            quick = await exe.submit(jobs.sleep_echo, 0.01, "quick")
+            slow = await exe.submit(jobs.sleep_echo, 3600)
+            queued = [exe.submit_nowait(jobs.sleep_echo, 3600) for _ in range(3)]
+            started = loop.time()
+            await exe.shutdown(grace=0.2)  # returns, raises nothing
+            waited = loop.time() - started
+            with pytest.raises(RuntimeError, match="after shutdown"):
+                await exe.submit(jobs.echo, 1)
+        assert quick.result() == "quick"
+        assert slow.cancelled() and all(h.cancelled() for h in queued)
+        assert 0.15 < waited < 30  # the grace, not the hour
+        st = exe.stats()
+        assert (st.submitted, st.completed, st.cancelled, st.failed) == (5, 1, 4, 0)
+        # Every job ended within the grace: nothing is cancelled, nothing waits for it.
+        async with make() as exe:
+            h = await exe.submit(jobs.sleep_echo, 0.01, "in time")
+            started = loop.time()
+            await exe.shutdown(grace=600)
+            assert loop.time() - started < 60
+        assert h.result() == "in time"
+
+    run(main())
+
+
+def test_shutdown_grace_still_raises_a_job_error_that_came_first(run, make) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="first"):
+            async with make() as exe:
+                await exe.submit(jobs.fail, 0, "first")
+                await exe.submit(jobs.sleep_echo, 3600)
+                await exe.shutdown(grace=0.05)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"grace": "5"}, TypeError, "grace must be a number of seconds"),
+        ({"grace": True}, TypeError, "grace must be a number of seconds"),
+        ({"grace": -1}, ValueError, "grace must be 0 seconds or more"),
+        ({"grace": math.nan}, ValueError, "grace must be 0 seconds or more"),
+        ({"grace": 1, "wait": False}, ValueError, "grace needs wait=True"),
+        ({"grace": 1, "cancel_futures": True}, ValueError, "cancel_futures=True"),
+    ],
+)
+def test_shutdown_grace_bad_values_name_the_mistake(
+    run, make, kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    async def main() -> None:
+        async with make() as exe:
+            h = await exe.submit(jobs.sleep_echo, 0.01, "still runs")
+            with pytest.raises(error, match=match):
+                await exe.shutdown(**kwargs)
+        assert h.result() == "still runs"  # a refused shutdown changed nothing
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- cancel()
+
+
+def test_cancel_stops_every_job_and_the_body_and_exits_without_raising(run, make) -> None:
+    async def main() -> None:
+        reached: list[str] = []
+        async with make(max_workers=2) as exe:
+            running = [await exe.submit(jobs.sleep_echo, 3600) for _ in range(2)]
+            queued = [exe.submit_nowait(jobs.sleep_echo, 3600) for _ in range(3)]
+            exe.cancel()
+            exe.cancel()  # idempotent
+            with pytest.raises(RuntimeError, match="after shutdown"):
+                exe.submit_nowait(jobs.echo, 1)  # no new job, as TaskGroup.create_task
+            reached.append("body goes on until its next await")
+            await exe.submit(jobs.echo, 1)  # the body's cancellation lands here
+            reached.append("never")  # pragma: no cover
+        assert reached == ["body goes on until its next await"]
+        assert all(h.cancelled() for h in running + queued)
+        st = exe.stats()
+        assert (st.submitted, st.cancelled, st.failed, st.running, st.pending) == (5, 5, 0, 0, 0)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the cancellation is taken back
+        exe.cancel()  # a no-op once closed
+        await asyncio.sleep(0)
+
+    run(main())
+
+
+def test_cancel_before_entry_cancels_on_entry(run, make) -> None:
+    async def main() -> None:
+        exe = make()
+        exe.cancel()
+        async with exe:
+            for i in range(1000):  # a producer loop ends at its first submit
+                await exe.submit(jobs.echo, i)
+        assert exe.stats().submitted == 0
+
+        async def other_task() -> None:
+            await exe.submit(jobs.echo, 1)
+
+        exe = make()
+        async with exe:
+            exe.cancel()
+            with pytest.raises(RuntimeError, match="after shutdown"):
+                await asyncio.shield(asyncio.create_task(other_task()))  # not the body
+
+    run(main())
+
+
+def test_cancel_after_a_job_error_still_raises_it(run, make) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="boom"):
+            async with make(suppress_task_errors=False) as exe:
+                h = await exe.submit(jobs.fail, 0, "boom")
+                await asyncio.wait([h])
+                exe.cancel()
+                await asyncio.sleep(3600)
+
+    run(main())
+
+
+def test_cancel_while_cancelled_from_outside_still_propagates(run, make) -> None:
+    async def body(exe: Any, entered: asyncio.Event) -> None:
+        async with exe:
+            await exe.submit(jobs.sleep_echo, 3600)
+            entered.set()
+            await asyncio.sleep(3600)
+
+    async def main() -> None:
+        exe = make()
+        entered = asyncio.Event()
+        task = asyncio.create_task(body(exe, entered))
+        await entered.wait()
+        task.cancel()  # someone else's cancellation
+        exe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert exe.stats().cancelled == 1
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- retry
+
+
+def _key(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex}"  # flaky()'s counts live as long as the process
+
+
+def test_retry_calls_a_failing_job_again_until_it_succeeds(run, make) -> None:
+    async def main() -> None:
+        seen: list[BaseException] = []
+        retry = Retry(3, backoff=0.001)
+        async with make(retry=retry, on_error=lambda h, e: seen.append(e)) as exe:
+            twice = await exe.submit(jobs.flaky, _key("twice"), 2)
+            got = [r async for r in exe.map(jobs.flaky, [_key(f"m{i}") for i in range(5)], [1] * 5)]
+        assert twice.result().endswith("took 3")
+        assert all(r.endswith("took 2") for r in got)
+        st = exe.stats()
+        assert (st.completed, st.failed, st.retried) == (6, 0, 2 + 5)
+        assert seen == []  # on_error sees only a final failure
+
+    run(main())
+
+
+def test_retry_gives_up_after_its_attempts_with_the_last_error(run, make) -> None:
+    async def main() -> None:
+        seen: list[BaseException] = []
+        with pytest.raises(ValueError, match=r"call 3\n") as info:
+            async with make(retry=Retry(3, backoff=0), on_error=lambda h, e: seen.append(e)) as exe:
+                await exe.submit(jobs.flaky, _key("always"), 100)
+        assert info.value.__notes__ == ["coroexecutor: failed 3 times (Retry(attempts=3))"]
+        assert [str(e).rsplit(" ", 2)[1:] for e in seen] == [["call", "3"]]  # once, the last
+        st = exe.stats()
+        assert (st.failed, st.retried) == (1, 2)
+
+    run(main())
+
+
+def test_retry_only_retries_what_on_names_and_never_a_cancellation(run, make) -> None:
+    async def main() -> None:
+        retry = Retry(5, on=(ValueError, asyncio.CancelledError), backoff=0)
+        async with make(retry=retry, suppress_task_errors=True) as exe:
+            other = await exe.submit(jobs.flaky, _key("key"), 1, "KeyError")
+            cancelled = await exe.submit(jobs.flaky, _key("cancel"), 1, "CancelledError")
+            retried = await exe.submit(jobs.flaky, _key("value"), 1)
+        assert isinstance(other.exception(), KeyError)
+        assert cancelled.cancelled()
+        assert retried.result().endswith("took 2")
+        st = exe.stats()
+        assert (st.completed, st.failed, st.cancelled, st.retried) == (1, 1, 1, 1)
+
+    run(main())
+
+
+def test_retry_with_job_timeout_times_each_attempt(run, make) -> None:
+    async def main() -> None:
+        retry = Retry(2, on=TimeoutError, backoff=0)
+        async with make(retry=retry, job_timeout=0.1) as exe:
+            h = await exe.submit(jobs.hang_then_answer, _key("slow"))
+        assert h.result().endswith("took 2")
+        assert exe.stats().retried == 1
+
+    run(main())
+
+
+def test_retry_cancelled_while_backing_off_is_not_tried_again(run, make) -> None:
+    async def main() -> None:
+        key = _key("backoff")
+        retry = Retry(5, backoff=3600, max_backoff=3600, jitter=False)
+        async with make(retry=retry, suppress_task_errors=True) as exe:
+            h = await exe.submit(jobs.flaky, key, 100)
+            await asyncio.sleep(0.3)  # its first call failed at once: it backs off now
+            h.cancel()
+        assert h.cancelled()
+        st = exe.stats()
+        assert (st.cancelled, st.retried, st.failed) == (1, 1, 0)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"attempts": 0}, ValueError, "attempts must be 1 or more"),
+        ({"attempts": 2.5}, TypeError, "attempts must be an int"),
+        ({"on": 42}, TypeError, "on must be an exception type or a tuple"),
+        ({"on": ()}, TypeError, "on must be an exception type or a tuple"),
+        ({"on": (ValueError, int)}, TypeError, "on must be an exception type or a tuple"),
+        ({"backoff": -1}, ValueError, "backoff must be a finite number"),
+        ({"max_backoff": math.inf}, ValueError, "max_backoff must be a finite number"),
+        ({"backoff": "1"}, TypeError, "backoff must be a number"),
+        ({"jitter": 1}, TypeError, "jitter must be True or False"),
+    ],
+)
+def test_retry_bad_values_name_the_mistake(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Retry(**kwargs)
+
+
+def test_retry_option_must_be_a_retry(make) -> None:
+    with pytest.raises(TypeError, match=r"retry must be a Retry\(...\) or None, got 3"):
+        make(retry=3)
 
 
 # ---------------------------------------------------------------------- options

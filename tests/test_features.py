@@ -455,6 +455,55 @@ def test_on_error_that_raises_is_reported_not_fatal(loop_kind: str) -> None:
     assert "on_error" in reported[0]["message"]
 
 
+# --------------------------------------------------------------------- cancel()
+
+
+def test_a_job_that_found_what_it_looked_for_cancels_the_rest(run) -> None:
+    """A search: the job that finds the answer stops the executor (TaskGroup.cancel()).
+    It is cancelled with the others once it awaits, and the block exits normally."""
+
+    async def main() -> None:
+        found: list[int] = []
+
+        async def look(exe: CoroutineExecutor, i: int) -> int:
+            await asyncio.sleep(0)
+            if i == 7:
+                found.append(i)
+                exe.cancel()
+                await asyncio.sleep(0)  # cancelled here, as the others are
+            elif i > 7:
+                await asyncio.sleep(3600)
+            return i
+
+        handles: list[asyncio.Future[int]] = []
+        async with CoroutineExecutor(max_workers=4) as exe:
+            for i in range(100):  # the loop ends where the body's cancellation lands
+                handles.append(await exe.submit(look, exe, i))
+        assert found == [7]
+        done = [h.result() for h in handles if not h.cancelled()]
+        assert done == list(range(7))
+        st = exe.stats()
+        assert st.completed == 7 and st.failed == 0 and len(handles) < 100
+        assert st.submitted == len(handles) == st.completed + st.cancelled
+
+    run(main())
+
+
+def test_cancel_ends_a_map_with_the_rest(run) -> None:
+    async def main() -> None:
+        seen: list[int] = []
+        async with CoroutineExecutor(max_workers=4) as exe:
+            async for r in exe.map(turns, [1] * 1000, range(1000)):
+                seen.append(r)
+                if r == 10:
+                    exe.cancel()
+        assert seen[:11] == list(range(11)) and len(seen) < 1000
+        st = exe.stats()
+        assert st.submitted == st.completed + st.cancelled and st.failed == 0
+
+    run(main())
+
+
 # --------------------------------------------------------------------- stats, repr
 
 

@@ -498,3 +498,74 @@ def test_map_workers_take_the_next_items_while_the_consumer_is_busy(run) -> None
         assert s.submitted == s.completed == 100, s
 
     run(main())
+
+
+# --------------------------------------------------------------------- return_exceptions
+
+
+async def fails_every_tenth(i: int) -> int:
+    if i % 10 == 3:
+        raise Boom(f"at once {i}")  # in its first step: the runners' pull sees it
+    await asyncio.sleep(0)
+    if i % 10 == 7:
+        raise Boom(f"later {i}")
+    return i
+
+
+def _as_seen(r: Any) -> Any:
+    return f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else r
+
+
+def test_map_return_exceptions_goes_on_through_the_pull_path(run) -> None:
+    """A long map at a small max_workers: freed workers start the next items in place
+    (the pull path), and an item failing in its first step does not stop them."""
+
+    async def main() -> None:
+        want = [
+            f"Boom: at once {i}" if i % 10 == 3 else f"Boom: later {i}" if i % 10 == 7 else i
+            for i in range(5000)
+        ]
+        async with CoroutineExecutor(max_workers=2) as exe:
+            got = [
+                _as_seen(r)
+                async for r in exe.map(fails_every_tenth, range(5000), return_exceptions=True)
+            ]
+            unordered = [
+                _as_seen(r)
+                async for r in exe.map_unordered(
+                    fails_every_tenth, range(5000), return_exceptions=True
+                )
+            ]
+        assert got == want
+        assert sorted(map(str, unordered)) == sorted(map(str, want))
+        st = exe.stats()
+        assert (st.completed, st.failed, st.cancelled) == (8000, 2000, 0)
+
+    run(main())
+
+
+def test_map_return_exceptions_still_propagates_the_consumers_cancellation(run) -> None:
+    async def main() -> None:
+        started: list[int] = []
+        all_started = asyncio.Event()
+
+        async def hang(i: int) -> None:
+            started.append(i)
+            if len(started) == 4:
+                all_started.set()
+            await asyncio.sleep(3600)
+
+        async with CoroutineExecutor(max_workers=4) as exe:
+
+            async def consume() -> list[Any]:
+                return [r async for r in exe.map(hang, range(10), return_exceptions=True)]
+
+            consumer = asyncio.create_task(consume())
+            await all_started.wait()
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+        st = exe.stats()
+        assert st.cancelled == st.submitted == 4  # the map's jobs went with it
+
+    run(main())

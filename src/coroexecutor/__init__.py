@@ -9,6 +9,7 @@ Run millions of coroutines with at most ``max_workers`` of them in flight::
 
 from ._engine_choice import COMPILED
 from ._executor import CoroutineExecutor, ExecutorFull, ExecutorStats
+from ._retry import Retry
 from ._runner import run
 from .sharded import ShardCrashed, ShardedExecutor
 
@@ -20,6 +21,7 @@ __all__ = (
     "CoroutineExecutor",
     "ExecutorFull",
     "ExecutorStats",
+    "Retry",
     "ShardCrashed",
     "ShardedExecutor",
     "run",

@@ -57,6 +57,7 @@ cdef class _Feed:
     cdef public object it
     cdef public bint open
     cdef public object pending
+    cdef public bint settle
 
 
 cdef class _Engine:

@@ -489,14 +489,15 @@ class _Queued:
 class _Feed:
     """A map's input and its results in order, shared by the map and its runners."""
 
-    __slots__ = ("error", "fn", "it", "open", "pending")
+    __slots__ = ("error", "fn", "it", "open", "pending", "settle")
 
-    def __init__(self, fn: Any, it: Any, pending: deque[asyncio.Future[Any]]) -> None:
+    def __init__(self, fn: Any, it: Any, pending: deque[asyncio.Future[Any]], settle: bool) -> None:
         self.fn = fn
         self.it = it
         self.pending = pending
         self.open = True
         self.error: BaseException | None = None
+        self.settle = settle  # return_exceptions: a failed job does not end the map
 
 
 class _Engine:
@@ -607,7 +608,8 @@ class _Engine:
             self._bind()
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
-        self._check_open()  # type: ignore[attr-defined]
+        if self._state is not _OPEN:
+            await self._refuse_submit()  # type: ignore[attr-defined]
         if self._counted < self._limit and not self._waiters:
             self._counted += 1
         else:
@@ -1049,7 +1051,7 @@ class _Engine:
             if type(handle) is _HANDLE_TYPE and handle._runner is not None:
                 runner.feed = feed
                 return
-            if handle.cancelled() or handle.exception() is not None:
+            if not feed.settle and (handle.cancelled() or handle.exception() is not None):
                 # It failed in its first step: the map raises it in its place, and no
                 # item after a failing one is started (as in _map_fill).
                 feed.open = False

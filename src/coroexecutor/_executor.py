@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from ._engine_choice import _Engine
 from ._jobs import _check_fn, _State, _wrapped_job
 from ._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
-from ._map import _map, _map_unordered
 from ._pace import _Pace
+from ._retry import Retry, _RetryCount
 
 __all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
 
@@ -48,6 +48,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
         progress: bool | int = False,
+        retry: Retry | None = None,
     ) -> None:
         _check_count("max_workers", max_workers)
         # Each constructor spells out the options it takes, for its users; checking
@@ -63,16 +64,22 @@ class CoroutineExecutor(_Engine, _Lifecycle):
             errors=errors,
             on_error=on_error,
             progress=progress,
+            retry=retry,
         )
         super().__init__(max_workers, bool(copy_context))
         self._init_lifecycle(options)
         self._max_pending = options.max_pending
         rate = options.max_per_second
         self._pace = None if rate is None else _Pace(rate)
-        if options.initializer is not None or options.job_timeout is not None:
+        self._retried = _RetryCount()
+        if options.initializer is not None or options.job_timeout is not None or retry:
             # Only then does a job get a wrapper coroutine: the plain path pays nothing.
             self._job_factory = functools.partial(
-                _wrapped_job, options.initializer, options.initargs, options.job_timeout
+                _wrapped_job,
+                options.initializer,
+                options.initargs,
+                options.job_timeout,
+                None if options.retry is None else (options.retry, self._retried),
             )
         self._started_at = time.monotonic()  # the timeout counts from here, or from entry
         self._timer: asyncio.TimerHandle | None = None
@@ -108,34 +115,11 @@ class CoroutineExecutor(_Engine, _Lifecycle):
             failed=self._failed,
             cancelled=self._cancelled,
             max_workers=self._limit,
+            retried=self._retried.n,
         )
 
-    def map(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        *iterables: Iterable[Any] | AsyncIterable[Any],
-    ) -> AsyncIterator[T]:
-        """Run ``fn`` over the zipped iterables; yield the results in input order.
-
-        Iterables may be sync or async, mixed.  The input is pulled lazily (about
-        ``max_workers`` items in flight plus a reorder buffer of as many), so an
-        endless generator is fine.  A job's error is raised from the ``async for`` in
-        its turn, after every earlier result, and the map's other jobs are cancelled;
-        so are they when the loop is left early or the generator is closed.
-        """
-        return _map(self, fn, self._map_input("map", fn, iterables))
-
-    def map_unordered(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        *iterables: Iterable[Any] | AsyncIterable[Any],
-    ) -> AsyncIterator[T]:
-        """Like map(), but yield each result as soon as its job ends.
-
-        The first job error (in the order jobs end) is raised from the ``async for``
-        and the map's other jobs are cancelled; leaving early cancels them too.
-        """
-        return _map_unordered(self, fn, self._map_input("map_unordered", fn, iterables))
+    def _used(self) -> bool:
+        return self._bound()
 
     async def _prepare_shutdown(self) -> bool:
         if not self._bound():  # never used: nothing to stop
@@ -147,9 +131,10 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         self._stop_idle_workers()
 
     async def __aenter__(self) -> CoroutineExecutor:
-        self._claim_entry(used=self._bound())
+        self._claim_entry()
         self._started_at = time.monotonic()
         self._bind()
+        self._entry_done()
         return self
 
     # ------------------------------------------------------------------ internals

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import reprlib
 import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
+
+from ._retry import Retry, _RetryCount, _retrying
 
 __all__ = (
     "_BASE_ERRORS",
@@ -22,6 +25,8 @@ __all__ = (
     "_State",
     "_as_coroutine",
     "_check_fn",
+    "_retried_job",
+    "_timed_job",
     "_wrapped_job",
 )
 
@@ -49,19 +54,73 @@ async def _wrapped_job(
     init: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     job_timeout: float | None,
+    retry: tuple[Retry, _RetryCount] | None,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    """A job with the executor's initializer before it and/or its job_timeout around it."""
+    """A job with the executor's initializer before it, and/or its retries and its
+    job_timeout (per attempt) around it."""
     if init is not None:
         r = init(*initargs)
         if inspect.isawaitable(r):
             await r
+    if retry is not None:
+        return await _retried_job(retry, job_timeout, fn, args, kwargs)
     if job_timeout is None:
         return await _as_coroutine(fn, fn(*args, **kwargs))
-    async with asyncio.timeout(job_timeout):
-        return await _as_coroutine(fn, fn(*args, **kwargs))
+    return await _timed_job(job_timeout, fn, args, kwargs)
+
+
+def _retried_job(
+    retry: tuple[Retry, _RetryCount],
+    job_timeout: float | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Coroutine[Any, Any, Any]:
+    """A job's attempts under ``Retry``, each one under the job_timeout."""
+
+    def attempt() -> Coroutine[Any, Any, Any]:
+        if job_timeout is None:
+            return _as_coroutine(fn, fn(*args, **kwargs))
+        return _timed_job(job_timeout, fn, args, kwargs)
+
+    return _retrying(retry[0], retry[1], attempt, (_NotAwaitable,))
+
+
+async def _timed_job(
+    job_timeout: float, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """A job under its job_timeout: at expiry, a TimeoutError that names the job."""
+    limit = asyncio.timeout(job_timeout)
+    try:
+        async with limit:
+            return await _as_coroutine(fn, fn(*args, **kwargs))
+    except TimeoutError as exc:
+        if not limit.expired():
+            raise  # the job's own TimeoutError, not ours
+        raise TimeoutError(
+            f"job {_describe_call(fn, args, kwargs)} timed out after {job_timeout:g} s "
+            "(job_timeout)"
+        ) from exc
+
+
+_ARGS_REPR = reprlib.Repr()
+_ARGS_REPR.maxstring = _ARGS_REPR.maxother = 60
+_ARGS_REPR.maxlevel = 2
+
+
+def _describe_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """``fetch('https://example.com/a', retries=3)``: a job, short enough for a message."""
+    name = getattr(fn, "__qualname__", None) or _ARGS_REPR.repr(fn)
+    parts = [_ARGS_REPR.repr(a) for a in args[:6]]
+    if len(args) > 6:
+        parts.append("...")
+    parts += [f"{k}={_ARGS_REPR.repr(v)}" for k, v in list(kwargs.items())[:6]]
+    if len(kwargs) > 6:
+        parts.append("...")
+    return f"{name}({', '.join(parts)})"
 
 
 class _NotAwaitable(TypeError):

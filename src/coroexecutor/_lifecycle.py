@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._jobs import _BASE_ERRORS, _State
-from ._map import _open_sources
+from ._map import _map, _map_unordered, _open_sources
+from ._retry import Retry
 
 __all__ = (
     "ExecutorFull",
@@ -31,6 +32,7 @@ __all__ = (
 )
 
 _CancelledError = asyncio.CancelledError
+T = TypeVar("T")
 
 
 class ExecutorFull(Exception):
@@ -51,6 +53,7 @@ class ExecutorStats:
     failed: int
     cancelled: int
     max_workers: int
+    retried: int = 0  # retries made (Retry): calls beyond each job's first
 
 
 # ---------------------------------------------------------------------- options
@@ -86,6 +89,7 @@ class _Options:
     group: bool  # errors="group"
     on_error: Callable[[asyncio.Future[Any], BaseException], object] | None
     progress: int | None  # None: no bar; 0: a bar of unknown total
+    retry: Retry | None
 
     @classmethod
     def check(  # the executors' constructors repeat these options, for their users
@@ -101,6 +105,7 @@ class _Options:
         errors: str = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
         progress: bool | int = False,
+        retry: Retry | None = None,
     ) -> _Options:
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -124,6 +129,8 @@ class _Options:
                 raise ValueError(f"max_pending must be 0 or more, got {max_pending!r}")
         if errors not in ("first", "group"):
             raise ValueError(f'errors must be "first" or "group", got {errors!r}')
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be a Retry(...) or None, got {retry!r}")
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable, got {on_error!r}")
         if not isinstance(progress, int) or (type(progress) is not bool and progress <= 0):
@@ -142,7 +149,23 @@ class _Options:
             group=errors == "group",
             on_error=on_error,
             progress=None if progress is False else (0 if progress is True else progress),
+            retry=retry,
         )
+
+
+def _check_grace(grace: Any, wait: bool, cancel_futures: bool) -> float | None:
+    """shutdown()'s grace: None, or seconds (0 or more; inf is None), with wait=True."""
+    if grace is None:
+        return None
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"grace must be a number of seconds or None, got {grace!r}")
+    if not grace >= 0:  # also NaN
+        raise ValueError(f"grace must be 0 seconds or more, got {grace!r}")
+    if not wait:
+        raise ValueError("shutdown(wait=False) cancels at once: grace needs wait=True")
+    if cancel_futures:
+        raise ValueError("shutdown(cancel_futures=True) cancels at once: drop it or grace")
+    return None if math.isinf(grace) else float(grace)
 
 
 # ---------------------------------------------------------------------- the life
@@ -175,7 +198,19 @@ class _Lifecycle:
         def _close(self) -> None:
             """Take no new job (CLOSING)."""
 
+        def _used(self) -> bool:
+            """Whether a job was submitted, or the executor started, before entry."""
+
         def stats(self) -> ExecutorStats: ...
+
+        @property
+        def _max_in_flight(self) -> int:
+            """How many jobs run at once at most: map()'s reorder buffer holds as many."""
+
+        async def _submit_for_map(
+            self, fn: Callable[..., Any], args: tuple[Any, ...]
+        ) -> asyncio.Future[Any]:
+            """submit() for map(): waits for room; the job's errors are the map's."""
 
     def _init_lifecycle(self, options: _Options) -> None:
         self._options = options
@@ -191,6 +226,7 @@ class _Lifecycle:
 
     def _init_outcome(self, group: bool = False) -> None:
         self._entered = False
+        self._cancel_on_enter = False  # cancel() before entry (as TaskGroup.cancel())
         self._exiting = False
         self._parent_task: asyncio.Task[Any] | None = None
         self._parent_cancel_requested = False
@@ -201,12 +237,12 @@ class _Lifecycle:
         self._group = group  # errors="group": exit raises every job error
         self._errors: list[BaseException] = []
 
-    def _claim_entry(self, used: bool) -> None:
+    def _claim_entry(self) -> None:
         """``__aenter__``'s checks: entered once, before any use, inside a task (the one
         fail-fast cancels)."""
         if self._entered:
             raise RuntimeError(f"{self!r} has already been entered")
-        if used:
+        if self._used():
             raise RuntimeError(f"{self!r} was used before it was entered; enter it first")
         task = asyncio.current_task()
         if task is None:
@@ -214,9 +250,33 @@ class _Lifecycle:
         self._entered = True
         self._parent_task = task
 
-    def _abort(self, error: BaseException) -> None:
-        """Fail-fast: record the error, cancel everything, and cancel the body."""
-        if self._error is None:
+    def _entry_done(self) -> None:
+        """The end of ``__aenter__``: a cancel() that came before entry takes effect."""
+        if self._cancel_on_enter:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop everything, as ``TaskGroup.cancel()`` (Python 3.15) does: every unfinished
+        job (queued ones too) and the ``async with`` body are cancelled, and the block
+        exits without raising, once the jobs have unwound.  No new job is taken.
+
+        Not an error: the jobs end as cancelled, fail-fast and on_error see nothing,
+        and an error that came first is still raised.  Idempotent; a no-op once the
+        executor has closed.  Called before the ``async with``, it takes effect on
+        entry; on an executor used without ``async with``, it cancels the jobs.
+        """
+        if not self._entered:
+            if not self._used():
+                self._cancel_on_enter = True
+                return
+        elif self._state is _State.CLOSED:
+            return
+        self._abort(None)
+
+    def _abort(self, error: BaseException | None) -> None:
+        """Fail-fast (``error``), or cancel() (None): record the error, cancel
+        everything, and cancel the body."""
+        if self._error is None and error is not None:
             self._error = error
         if self._aborting:
             return
@@ -246,7 +306,7 @@ class _Lifecycle:
         et: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         """Wait for every job, then raise the executor's outcome."""
         self._exiting = True
         error_before_exit = self._error
@@ -284,6 +344,9 @@ class _Lifecycle:
         self._raise_error(body_error, error_before_exit is not None)
         if propagate_cancel is not None:
             raise propagate_cancel
+        # The body's CancelledError was ours (cancel()) and is taken back, as
+        # TaskGroup does: the block exits without raising.
+        return isinstance(exc, _CancelledError)
 
     def _raise_error(
         self, body_error: BaseException | None = None, job_error_first: bool = True
@@ -307,14 +370,19 @@ class _Lifecycle:
             raise self._error
 
     # ------------------------------------------------------------------ shutdown
-    async def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    async def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, grace: float | None = None
+    ) -> None:
         """Stop taking jobs; with ``wait``, wait for every job to end.
 
-        ``cancel_futures`` cancels the unfinished jobs first.  ``wait=False`` cancels
-        them and returns at once without raising (what is left ends in the background;
-        leaving the ``async with`` block waits for it).  With ``wait=True`` the first
-        job error (fail-fast mode) or the executor's TimeoutError is raised here.
+        ``cancel_futures`` cancels the unfinished jobs first.  ``grace`` (seconds) waits
+        that long for the jobs, then cancels what is left and waits for it to unwind
+        (those jobs end as cancelled, not as errors).  ``wait=False`` cancels them and
+        returns at once without raising (what is left ends in the background; leaving
+        the ``async with`` block waits for it).  With ``wait=True`` the first job error
+        (fail-fast mode) or the executor's TimeoutError is raised here.
         """
+        grace = _check_grace(grace, wait, cancel_futures)
         if not await self._prepare_shutdown():
             return
         self._close()
@@ -323,15 +391,36 @@ class _Lifecycle:
         if not wait:
             self._stop_without_waiting()
             return
-        cancelled = await self._finish()
+        timer = None
+        if grace is not None and not self._aborting:
+            timer = self._loop.call_later(grace, self._grace_over)
+        try:
+            cancelled = await self._finish()
+        finally:
+            if timer is not None:
+                timer.cancel()
         if cancelled is not None:
             raise cancelled
         self._raise_error()
+
+    def _grace_over(self) -> None:
+        """shutdown(grace=...)'s time is up: cancel what is left (not an error)."""
+        if not self._aborting and self._state is not _State.CLOSED:
+            self._cancel_all()
 
     # ------------------------------------------------------------------ shared rules
     def _check_open(self) -> None:
         if self._state is not _State.OPEN:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    async def _refuse_submit(self) -> None:
+        """A submit() to a closed executor.  When the executor closed itself and cancelled
+        the body (cancel(), fail-fast, its timeout), a submit of the body's is where the
+        body's cancellation lands, as at any await: a loop of submits ends as the block
+        expects, not with a RuntimeError escaping it."""
+        if self._parent_cancel_requested and asyncio.current_task() is self._parent_task:
+            await asyncio.sleep(0)
+        self._check_open()
 
     def _job_failed(
         self, exc: BaseException, to_executor: bool, after_cancel: bool = False
@@ -383,10 +472,86 @@ class _Lifecycle:
         self._timed_out = TimeoutError(f"{self!r} timed out after {self._timeout} s")
         self._abort(self._timed_out)
 
+    @overload
+    def map(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[T]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        return_exceptions: bool,
+    ) -> AsyncIterator[T | BaseException]: ...
+
+    def map(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[T | BaseException]:
+        """Run ``fn`` over the zipped iterables; yield the results in input order.
+
+        Iterables may be sync or async, mixed.  The input is pulled lazily (about
+        ``max_workers`` items in flight plus a reorder buffer of as many; for
+        ShardedExecutor, all of its shards' capacity), so an endless generator is fine.
+        A job's error is raised from the ``async for`` in its turn, after every earlier
+        result, and the map's other jobs are cancelled; so are they when the loop is
+        left early or the generator is closed.
+
+        ``return_exceptions=True`` (``asyncio.gather``'s word): a failed job's exception
+        is yielded in its place and the map goes on; a cancelled job yields its
+        ``CancelledError``.  Errors of the input itself are still raised.
+        """
+        sources = self._map_input("map", fn, iterables, return_exceptions)
+        return _map(self, fn, sources, return_exceptions)
+
+    @overload
+    def map_unordered(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[T]: ...
+
+    @overload
+    def map_unordered(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        return_exceptions: bool,
+    ) -> AsyncIterator[T | BaseException]: ...
+
+    def map_unordered(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[T | BaseException]:
+        """Like map(), but yield each result as soon as its job ends.
+
+        The first job error (in the order jobs end) is raised from the ``async for``
+        and the map's other jobs are cancelled; leaving early cancels them too.
+        ``return_exceptions`` as for map().
+        """
+        sources = self._map_input("map_unordered", fn, iterables, return_exceptions)
+        return _map_unordered(self, fn, sources, return_exceptions)
+
     def _map_input(
-        self, what: str, fn: Any, iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...]
+        self,
+        what: str,
+        fn: Any,
+        iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...],
+        return_exceptions: Any,
     ) -> list[Any]:
-        """map()'s function checked and its input opened (and counted by the bar)."""
+        """map()'s function and options checked and its input opened (and counted by
+        the bar)."""
+        if not isinstance(return_exceptions, bool):
+            raise TypeError(f"return_exceptions must be True or False, got {return_exceptions!r}")
         self._check_map_fn(fn, what)
         sources = _open_sources(what, iterables)
         if self._progress is not None:

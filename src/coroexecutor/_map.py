@@ -80,8 +80,38 @@ async def _read_args(it: Any, sync: bool) -> tuple[Any, ...] | None:
     return next(it, None) if sync else await _next_args(it)
 
 
+_result = asyncio.Future.result  # a finished job's value, or its error raised
+
+
+def _settled(handle: asyncio.Future[Any]) -> Any:
+    """return_exceptions=True: a finished job's value, or its exception in its place
+    (the CancelledError of a cancelled one), as ``asyncio.gather`` gives them.
+    KeyboardInterrupt and SystemExit are raised: they stop the executor anyway."""
+    try:
+        return handle.result()
+    except (Exception, asyncio.CancelledError) as exc:
+        return exc
+
+
+async def _settle(handle: asyncio.Future[Any]) -> Any:
+    """Wait for a job and give what _settled() gives.  Only a cancellation of the task
+    iterating the map propagates (its jobs are cancelled as it unwinds)."""
+    if not handle.done():
+        task = asyncio.current_task()
+        assert task is not None
+        before = task.cancelling()
+        try:
+            await handle
+        except asyncio.CancelledError:
+            if task.cancelling() > before:
+                raise
+        except Exception:
+            pass
+    return _settled(handle)
+
+
 async def _map(
-    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any]
+    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any], return_exceptions: bool
 ) -> AsyncGenerator[Any, None]:
     """Submit one job per zipped item and yield the results in input order.
 
@@ -92,8 +122,10 @@ async def _map(
 
     The map owns its jobs' errors: a job's error is raised from the ``async for`` when
     its turn comes (every earlier result has been yielded), never by the executor's
-    fail-fast on its own, as ``concurrent.futures.Executor.map`` does.
+    fail-fast on its own, as ``concurrent.futures.Executor.map`` does.  With
+    ``return_exceptions`` it is yielded in its place instead, and the map goes on.
     """
+    take = _settled if return_exceptions else _result
     pending: deque[asyncio.Future[Any]] = deque()
     it, sync = _zip_sources(sources)
     feed = None
@@ -105,7 +137,7 @@ async def _map(
             done: list[Any] = []
             # Pull-style: a runner whose job of this map ends takes the next item itself
             # (_Engine._pull); the feed is what they share.
-            feed = _Feed(fn, it, pending)
+            feed = _Feed(fn, it, pending, return_exceptions)
             while True:
                 try:
                     ended = exe._map_fill(feed, done)
@@ -126,27 +158,31 @@ async def _map(
                         # Full, and nothing else shuts the gate: the runners pull the
                         # next items as their jobs end; wait for the oldest result.
                         while pending and pending[0].done():
-                            yield pending.popleft().result()
+                            yield take(pending.popleft())
                         if pending:
-                            yield await pending.popleft()
+                            h = pending.popleft()
+                            yield await (_settle(h) if return_exceptions else h)
                         continue
                     # The gate is shut (closing, rate-limited): one item the slow way.
                     if not feed.open or (args := next(it, None)) is None:
                         break
                     pending.append(await exe._submit_for_map(fn, args))
                 while pending and pending[0].done():
-                    yield pending.popleft().result()
+                    yield take(pending.popleft())
                 while len(pending) > exe._max_in_flight:  # read each time: it may change
-                    yield await pending.popleft()
+                    h = pending.popleft()
+                    yield await (_settle(h) if return_exceptions else h)
         else:
             while (args := await _read_args(it, sync)) is not None:
                 pending.append(await exe._submit_for_map(fn, args))
                 while pending and pending[0].done():
-                    yield pending.popleft().result()
+                    yield take(pending.popleft())
                 while len(pending) > exe._max_in_flight:
-                    yield await pending.popleft()
+                    h = pending.popleft()
+                    yield await (_settle(h) if return_exceptions else h)
         while pending:
-            yield await pending.popleft()
+            h = pending.popleft()
+            yield await (_settle(h) if return_exceptions else h)
         if feed is not None and feed.error is not None:
             raise feed.error
     finally:
@@ -160,15 +196,17 @@ async def _map(
 
 
 async def _map_unordered(
-    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any]
+    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any], return_exceptions: bool
 ) -> AsyncGenerator[Any, None]:
     """Submit one job per zipped item; yield each result as its job ends.
 
     The same lazy, bounded pulling as map(): at most ``max_workers`` jobs in flight,
     and finished results are yielded before more input is pulled.  The first error,
-    in the order jobs end, is raised from the ``async for``; leaving early, failing or
-    being cancelled cancels the map's unfinished jobs.
+    in the order jobs end, is raised from the ``async for`` (with ``return_exceptions``,
+    yielded in its place); leaving early, failing or being cancelled cancels the map's
+    unfinished jobs.
     """
+    take = _settled if return_exceptions else _result
     loop = asyncio.get_running_loop()
     finished: deque[asyncio.Future[Any]] = deque()
     unfinished: set[asyncio.Future[Any]] = set()
@@ -204,7 +242,7 @@ async def _map_unordered(
                         unfinished.add(handle)
                         handle.add_done_callback(on_done, context=ctx)
             while finished:
-                yield finished.popleft().result()
+                yield take(finished.popleft())
             if exhausted:
                 if not unfinished:
                     break

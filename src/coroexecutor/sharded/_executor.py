@@ -21,19 +21,16 @@ import functools
 import types
 from collections import deque
 from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Sequence,
 )
 from typing import Any, Final, Literal, TypeVar
 
 from .._jobs import _NO_KWARGS, _State
 from .._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
-from .._map import _map, _map_unordered
 from .._pace import _Pace
+from .._retry import Retry
 from ._protocol import (
     _BATCH,
     _CANCEL_ALL,
@@ -113,6 +110,7 @@ class _Shard:
         "pending",
         "ready",
         "resize",
+        "retried",
         "running",
         "transport",
     )
@@ -132,6 +130,7 @@ class _Shard:
         self.alive = False
         self.running = 0
         self.pending = 0
+        self.retried = 0  # the shard's retries so far (it outlives the shard)
         self.ready: asyncio.Future[None] | None = None
 
 
@@ -169,6 +168,7 @@ class ShardedExecutor(_Lifecycle):
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
         progress: bool | int = False,
+        retry: Retry | None = None,
         start_method: Literal["spawn", "forkserver"] = "spawn",
         ray_address: str | None = None,
         ray_actor_options: dict[str, Any] | None = None,
@@ -190,6 +190,7 @@ class ShardedExecutor(_Lifecycle):
             errors=errors,
             on_error=on_error,
             progress=progress,
+            retry=retry,
         )
         if options.initializer is not None:
             # It runs in the shards, before each job, as CoroutineExecutor's does: they
@@ -200,6 +201,16 @@ class ShardedExecutor(_Lifecycle):
             except Exception as err:
                 raise TypeError(
                     f"initargs cannot be pickled to send them to the shards: {err!r}"
+                ) from err
+        if options.retry is not None:
+            # The shards retry their jobs themselves: Retry (its exception types) travels
+            # pickled, so those types must be importable by name.
+            try:
+                _dumps(options.retry, _PROTOCOL)
+            except Exception as err:
+                raise TypeError(
+                    f"retry cannot be pickled to send it to the shards (its exception types "
+                    f"must be importable by name): {err!r}"
                 ) from err
         self._job_timeout = options.job_timeout
         rate = options.max_per_second
@@ -312,6 +323,7 @@ class ShardedExecutor(_Lifecycle):
             failed=self._failed,
             cancelled=self._cancelled,
             max_workers=self._max_workers,
+            retried=sum(s.retried for s in self._shards),
         )
 
     async def submit(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Any:
@@ -418,22 +430,8 @@ class ShardedExecutor(_Lifecycle):
             raise
         pace.claim(loop.time())
 
-    def map(
-        self, fn: Callable[..., Awaitable[T]], *iterables: Iterable[Any] | AsyncIterable[Any]
-    ) -> AsyncIterator[T]:
-        """Run ``fn`` over the zipped iterables in the shards; yield results in input order.
-
-        As ``CoroutineExecutor.map``: lazy, bounded (the shards' capacity in flight plus a
-        reorder buffer of as many), the first error raised in its turn with the other map
-        jobs cancelled, and leaving early cancels them.
-        """
-        return _map(self, fn, self._map_input("map", fn, iterables))
-
-    def map_unordered(
-        self, fn: Callable[..., Awaitable[T]], *iterables: Iterable[Any] | AsyncIterable[Any]
-    ) -> AsyncIterator[T]:
-        """Like map(), but yield each result as soon as its job ends."""
-        return _map_unordered(self, fn, self._map_input("map_unordered", fn, iterables))
+    def _used(self) -> bool:
+        return self._state is not _State.NEW
 
     async def _prepare_shutdown(self) -> bool:
         if self._state is _State.NEW:  # never started: nothing to stop
@@ -449,8 +447,9 @@ class ShardedExecutor(_Lifecycle):
             self._closing_task = self._loop.create_task(self._finish())
 
     async def __aenter__(self) -> ShardedExecutor:
-        self._claim_entry(used=self._state is not _State.NEW)
+        self._claim_entry()
         await self._ensure_started()
+        self._entry_done()
         return self
 
     async def _finish_at_exit(self) -> BaseException | None:
@@ -555,6 +554,7 @@ class ShardedExecutor(_Lifecycle):
                 uvloop,
                 self._options.initializer,
                 self._options.initargs,
+                self._options.retry,
             )
             shard = _Shard(self, i, self._new_transport(config))
             shard.ready = loop.create_future()
@@ -627,6 +627,8 @@ class ShardedExecutor(_Lifecycle):
 
     async def _wait_for_credit(self) -> _Shard:
         """A shard with a credit taken for the caller; first in, first out."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            await self._refuse_submit()
         await self._ensure_started()
         while True:
             self._check_open()
@@ -764,7 +766,7 @@ class ShardedExecutor(_Lifecycle):
             if shard.ready is not None and not shard.ready.done():
                 shard.ready.set_result(None)
             return
-        _, results, running, pending = msg
+        _, results, running, pending, shard.retried = msg
         jobs = shard.jobs
         completed = 0
         for jid, status, payload in results:

@@ -19,9 +19,9 @@ parent -> shard, one frame per flush: ``(jobs, defs, cancels, control, resize)``
 * ``resize``: the shard's new ``max_workers``, or ``None``.
 
 shard -> parent: ``(_READY, pid, capacity)`` once, then ``(_RESULTS, results, running,
-pending)`` with ``results = [(job_id, status, payload)]``: ``_OK`` (payload is the value,
-of a plain type), ``_OK_PICKLED`` (a pickle of it), ``_ERROR`` (a pickle of ``(exception,
-traceback text)``) or ``_CANCELLED``.
+pending, retried)`` (``retried``: the shard's retries so far) with ``results = [(job_id,
+status, payload)]``: ``_OK`` (payload is the value, of a plain type), ``_OK_PICKLED`` (a
+pickle of it), ``_ERROR`` (a pickle of ``(exception, traceback text)``) or ``_CANCELLED``.
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ class _ShardConfig:
         "initializer",
         "job_timeout",
         "max_workers",
+        "retry",
         "uvloop",
     )
 
@@ -266,6 +267,7 @@ class _ShardConfig:
         uvloop: bool | None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
+        retry: Any = None,
     ) -> None:
         self.index = index
         self.max_workers = max_workers
@@ -274,6 +276,7 @@ class _ShardConfig:
         self.uvloop = uvloop
         self.initializer = initializer  # run in the shard before each job
         self.initargs = initargs
+        self.retry = retry  # a Retry: the shard retries a failed job itself
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)

@@ -12,7 +12,8 @@ from collections.abc import (
 from typing import Any
 
 from .._executor import CoroutineExecutor
-from .._jobs import _NO_KWARGS
+from .._jobs import _NO_KWARGS, _retried_job, _timed_job
+from .._retry import _RetryCount
 from ._protocol import (
     _BATCH,
     _CANCEL_ALL,
@@ -48,7 +49,7 @@ class _ShardCore:
         self.config = config
         self.send = send
         # The shard never fails fast on its own: the parent applies the error rules.
-        # job_timeout is applied by _run, with the asyncio.timeout the executor would use.
+        # job_timeout is applied by _run, with the executor's own _timed_job.
         self.exe = CoroutineExecutor(
             config.max_workers,
             suppress_task_errors=True,
@@ -57,6 +58,8 @@ class _ShardCore:
         )
         self.limit = config.max_workers
         self.job_timeout = config.job_timeout
+        self.retried = _RetryCount()
+        self.retry = None if config.retry is None else (config.retry, self.retried)
         self.fns: dict[int, Any] = {}
         self.active = 0  # jobs given to the executor and not ended
         self.backlog: deque[int] = deque()  # job ids waiting for a worker, in order
@@ -167,11 +170,12 @@ class _ShardCore:
         parent decides what they do; the shard goes on)."""
         self.current = jid
         try:
-            if self.job_timeout is None:
+            if self.retry is not None:
+                value = await _retried_job(self.retry, self.job_timeout, fn, args, kwargs)
+            elif self.job_timeout is None:
                 value = await fn(*args, **kwargs)
             else:
-                async with asyncio.timeout(self.job_timeout):
-                    value = await fn(*args, **kwargs)
+                value = await _timed_job(self.job_timeout, fn, args, kwargs)
         except asyncio.CancelledError:
             self.handles.pop(jid, None)
             self._ended((jid, _CANCELLED, None))
@@ -210,7 +214,8 @@ class _ShardCore:
         if self.out:
             out = self.out
             self.out = []
-            self.send(_dumps((_RESULTS, out, self.active, len(self.waiting)), _PROTOCOL))
+            msg = (_RESULTS, out, self.active, len(self.waiting), self.retried.n)
+            self.send(_dumps(msg, _PROTOCOL))
 
 
 def _ignore(data: bytes) -> None:
