@@ -649,6 +649,10 @@ def test_stats_and_repr(run, make) -> None:
         ({"on_error": 5}, TypeError, "on_error must be callable"),
         ({"progress": "yes"}, TypeError, "progress must be True, False, or"),
         ({"initargs": 5}, TypeError, "initargs must be a sequence"),
+        ({"max_per_second": 5, "burst": 0}, ValueError, "burst must be greater than 0"),
+        ({"max_per_second": 5, "burst": 2.0}, TypeError, "burst must be an int"),
+        ({"burst": 3}, ValueError, "burst=3 needs max_per_second"),
+        ({"retry": 3}, TypeError, r"retry must be a Retry\(\.\.\.\) or None"),
     ],
 )
 def test_bad_options_are_refused_alike(
@@ -668,6 +672,28 @@ def test_max_per_second_is_one_rate_for_the_whole_executor(run, make) -> None:
                 pass
             # 10 starts 1/50 s apart, over however many shards: at least 0.2 s
             assert loop.time() - t0 >= 10 / 50 * 0.9
+
+    run(main())
+
+
+def test_max_per_second_burst_allows_that_many_starts_at_once_after_idle(run, make) -> None:
+    """GCRA: 5 starts at once, then one per 1/rate; after an idle spell, 5 again."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with make(max_workers=50, max_per_second=5, burst=5) as exe:
+            t0 = loop.time()
+            first = [await exe.submit(jobs.echo, i) for i in range(5)]
+            burst_took = loop.time() - t0
+            await exe.submit(jobs.echo, 5)  # the 6th waits its turn: 1/5 s
+            sixth_took = loop.time() - t0
+            await asyncio.sleep(1.2)  # idle: the burst is banked again
+            t1 = loop.time()
+            again = [await exe.submit(jobs.echo, i) for i in range(5)]
+            again_took = loop.time() - t1
+        await asyncio.gather(*first, *again)
+        assert burst_took < 0.1 and again_took < 0.1  # a 10x margin under 1 s for 5
+        assert sixth_took >= 0.15
 
     run(main())
 

@@ -17,7 +17,6 @@ from typing import Any, Literal, TypeVar
 from ._engine_choice import _Engine
 from ._jobs import _check_fn, _State, _wrapped_job
 from ._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
-from ._pace import _Pace
 from ._retry import Retry, _RetryCount
 
 __all__ = ("CoroutineExecutor", "ExecutorFull", "ExecutorStats")
@@ -44,6 +43,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         copy_context: bool = False,
         job_timeout: float | None = None,
         max_per_second: float | None = None,
+        burst: int = 1,
         max_pending: int | None = None,
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
@@ -60,6 +60,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
             initializer=initializer,
             initargs=initargs,
             max_per_second=max_per_second,
+            burst=burst,
             max_pending=max_pending,
             errors=errors,
             on_error=on_error,
@@ -69,8 +70,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         super().__init__(max_workers, bool(copy_context))
         self._init_lifecycle(options)
         self._max_pending = options.max_pending
-        rate = options.max_per_second
-        self._pace = None if rate is None else _Pace(rate)
+        self._pace = options.pace()
         self._retried = _RetryCount()
         if options.initializer is not None or options.job_timeout is not None or retry:
             # Only then does a job get a wrapper coroutine: the plain path pays nothing.

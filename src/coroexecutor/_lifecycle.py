@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._jobs import _BASE_ERRORS, _State
 from ._map import _map, _map_unordered, _open_sources
+from ._pace import _Pace
 from ._retry import Retry
 
 __all__ = (
@@ -85,6 +86,7 @@ class _Options:
     initializer: Callable[..., Any] | None
     initargs: tuple[Any, ...]
     max_per_second: float | None
+    burst: int  # starts allowed at once after an idle spell, under max_per_second
     max_pending: int | None
     group: bool  # errors="group"
     on_error: Callable[[asyncio.Future[Any], BaseException], object] | None
@@ -101,6 +103,7 @@ class _Options:
         initializer: Callable[..., Any] | None = None,
         initargs: Sequence[Any] = (),
         max_per_second: float | None = None,
+        burst: int = 1,
         max_pending: int | None = None,
         errors: str = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
@@ -129,6 +132,9 @@ class _Options:
                 raise ValueError(f"max_pending must be 0 or more, got {max_pending!r}")
         if errors not in ("first", "group"):
             raise ValueError(f'errors must be "first" or "group", got {errors!r}')
+        _check_count("burst", burst)
+        if burst != 1 and max_per_second is None:
+            raise ValueError(f"burst={burst!r} needs max_per_second: it is the rate's burst")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"retry must be a Retry(...) or None, got {retry!r}")
         if on_error is not None and not callable(on_error):
@@ -145,12 +151,18 @@ class _Options:
             initializer=initializer,
             initargs=tuple(initargs),
             max_per_second=_positive_number("max_per_second", max_per_second),
+            burst=burst,
             max_pending=max_pending,
             group=errors == "group",
             on_error=on_error,
             progress=None if progress is False else (0 if progress is True else progress),
             retry=retry,
         )
+
+    def pace(self) -> _Pace | None:
+        """The executor's rate limit (max_per_second, burst), or None."""
+        rate = self.max_per_second
+        return None if rate is None else _Pace(rate, self.burst)
 
 
 def _check_grace(grace: Any, wait: bool, cancel_futures: bool) -> float | None:

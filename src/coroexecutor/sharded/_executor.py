@@ -29,7 +29,6 @@ from typing import Any, Final, Literal, TypeVar
 
 from .._jobs import _NO_KWARGS, _State
 from .._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
-from .._pace import _Pace
 from .._retry import Retry
 from ._protocol import (
     _BATCH,
@@ -164,6 +163,7 @@ class ShardedExecutor(_Lifecycle):
         initializer: Callable[..., Any] | None = None,
         initargs: Sequence[Any] = (),
         max_per_second: float | None = None,
+        burst: int = 1,
         max_pending: int | None = None,
         errors: Literal["first", "group"] = "first",
         on_error: Callable[[asyncio.Future[Any], BaseException], object] | None = None,
@@ -186,6 +186,7 @@ class ShardedExecutor(_Lifecycle):
             initializer=initializer,
             initargs=initargs,
             max_per_second=max_per_second,
+            burst=burst,
             max_pending=max_pending,
             errors=errors,
             on_error=on_error,
@@ -213,8 +214,7 @@ class ShardedExecutor(_Lifecycle):
                     f"must be importable by name): {err!r}"
                 ) from err
         self._job_timeout = options.job_timeout
-        rate = options.max_per_second
-        self._pace = None if rate is None else _Pace(rate)
+        self._pace = options.pace()
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f'start_method must be "spawn" or "forkserver" (not "fork": the parent '
