@@ -565,11 +565,15 @@ class _Engine:
         # loop.create_future() is a Python-level method on the default loop; call the
         # C constructor directly where that is all it does (asyncio's and uvloop's loops).
         self._plain_futures = _loops_own(loop, "create_future")
-        # _task_stepped_at_birth() stands in for call_soon in the loop's __dict__.
+        # 3.11: _task_stepped_at_birth() takes a new worker's first step from asyncio's
+        # ready queue, or stands in for uvloop's call_soon as an instance attribute.
+        # Never through loop.__dict__: on 3.11 reading it materializes the instance's
+        # dict, and the interpreter then stops specializing every method call on the
+        # loop (asyncio's loop is Python: +2,000 instructions per job that suspends).
         self._step_at_birth = (
             not _EAGER_START
             and _loops_own(loop, "call_soon")
-            and isinstance(getattr(loop, "__dict__", None), dict)
+            and (type(getattr(loop, "_ready", None)) is deque or type(loop).__dictoffset__ != 0)
         )
         self._refresh_gate()
 
@@ -1390,29 +1394,60 @@ def _task_stepped_at_birth(
     """3.11's ``Task(runner, loop=loop, context=ctx)`` taking its first step inside its
     constructor, as ``eager_start=True`` does on 3.12.
 
-    3.11's Task schedules its first step with ``loop.call_soon``, looked up on the loop
-    at that moment.  For the constructor's duration an attribute of the loop instance
-    stands in for the method (_FirstStep): it runs that one step at once, and passes
-    any other call on to the loop's own method (a finalizer run by a collection in
-    between may call it).  A runner's first step only parks it, so the job stepped on
-    it next waits with the task's wake-up attached, and no queued step and handle per
-    new worker stays behind (100,000 of them, made between the jobs' own objects, with
-    100,000 jobs parked at once).
+    3.11's Task schedules its first step with ``loop.call_soon``.  On asyncio's loop
+    that step is the handle the constructor just appended to the loop's ready queue:
+    it is taken back at once and run.  On uvloop, whose queue is out of reach, an
+    attribute of the loop instance stands in for the method while the constructor
+    runs (_FirstStep): it runs that one step at once, and passes any other call on to
+    the loop's own method (a finalizer run by a collection in between may call it).
+    A runner's first step only parks it, so the job stepped on it next waits with the
+    task's wake-up attached, and no queued step and handle per new worker stays behind
+    (100,000 of them, made between the jobs' own objects, with 100,000 jobs parked at
+    once).  A call_soon set on the loop instance (a mock, a tracer) is left to see
+    every step, as before.
     """
-    d = loop.__dict__
-    if "call_soon" in d:  # someone else's stand-in (a mock, a tracer): theirs to see
-        return _Task(runner, loop=loop, context=ctx)
+    own = loop.call_soon
+    if getattr(own, "__self__", None) is not loop or getattr(own, "__name__", "") != "call_soon":
+        return _Task(runner, loop=loop, context=ctx)  # someone else's call_soon
+    ready = getattr(loop, "_ready", None)
+    if type(ready) is deque:
+        task = _Task(runner, loop=loop, context=ctx)
+        if ready:
+            handle = ready[len(ready) - 1]
+            step = handle._callback
+            if getattr(step, "__self__", None) is task and handle._context is ctx:
+                ready.pop()
+                _first_step(loop, step, handle._args, ctx)
+        return task
     stand_in = _FirstStep(loop, runner)
-    d["call_soon"] = stand_in
+    setattr(loop, "call_soon", stand_in)  # noqa: B010  # not loop.__dict__ (see _bind)
     try:
         return _Task(runner, loop=loop, context=ctx)
     finally:
-        if d.get("call_soon") is stand_in:
-            del d["call_soon"]
+        if loop.call_soon is stand_in:
+            delattr(loop, "call_soon")
+
+
+def _first_step(
+    loop: asyncio.AbstractEventLoop,
+    step: Callable[..., Any],
+    args: tuple[Any, ...],
+    context: contextvars.Context,
+) -> None:
+    """Run a new worker task's first step now, inside submit(): the step enters its own
+    task, so the submitter's is taken off the loop meanwhile."""
+    ct = _current_tasks
+    assert ct is not None
+    prev = ct.pop(loop, None)
+    try:
+        context.run(step, *args)
+    finally:
+        if prev is not None:
+            ct[loop] = prev
 
 
 class _FirstStep:
-    """What loop.call_soon is while _task_stepped_at_birth() makes a runner's task."""
+    """What uvloop's call_soon is while _task_stepped_at_birth() makes a runner's task."""
 
     __slots__ = ("loop", "runner")
 
@@ -1424,24 +1459,17 @@ class _FirstStep:
         self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
     ) -> Any:
         loop = self.loop
+        runner = self.runner
         task = getattr(callback, "__self__", None)  # the C step wrapper's, or a method's
-        d = loop.__dict__
         if (
-            d.get("call_soon") is not self
+            loop.call_soon is not self
             or type(task) is not _Task
-            or task.get_coro() is not self.runner
+            or task.get_coro() is not runner
             or context is None
         ):
             return type(loop).call_soon(loop, callback, *args, context=context)
-        del d["call_soon"]  # the loop's own again before the step runs anything
-        ct = _current_tasks
-        assert ct is not None
-        prev = ct.pop(loop, None)  # the step enters its own task
-        try:
-            context.run(callback, *args)
-        finally:
-            if prev is not None:
-                ct[loop] = prev
+        delattr(loop, "call_soon")  # the loop's own again before the step runs anything
+        _first_step(loop, callback, args, context)
         return None
 
 
