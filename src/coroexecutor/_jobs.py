@@ -25,6 +25,7 @@ __all__ = (
     "_State",
     "_as_coroutine",
     "_check_fn",
+    "_guarded_job",
     "_retried_job",
     "_timed_job",
     "_wrapped_job",
@@ -65,11 +66,24 @@ async def _wrapped_job(
         r = init(*initargs)
         if inspect.isawaitable(r):
             await r
-    if retry is not None:
-        return await _retried_job(retry, job_timeout, fn, args, kwargs)
-    if job_timeout is None:
+    if retry is None and job_timeout is None:
         return await _as_coroutine(fn, fn(*args, **kwargs))
-    return await _timed_job(job_timeout, fn, args, kwargs)
+    return await _guarded_job(retry, job_timeout, fn, args, kwargs)
+
+
+def _guarded_job(
+    retry: tuple[Retry, _RetryCount] | None,
+    job_timeout: float | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Coroutine[Any, Any, Any]:
+    """A job under the executor's retries and/or job_timeout (one of them is set), as
+    both executors run it: in CoroutineExecutor's wrapper, and in a shard."""
+    if retry is not None:
+        return _retried_job(retry, job_timeout, fn, args, kwargs)
+    assert job_timeout is not None
+    return _timed_job(job_timeout, fn, args, kwargs)
 
 
 def _retried_job(

@@ -12,7 +12,7 @@ from collections.abc import (
 from typing import Any
 
 from .._executor import CoroutineExecutor
-from .._jobs import _NO_KWARGS, _retried_job, _timed_job
+from .._jobs import _NO_KWARGS, _guarded_job
 from .._retry import _RetryCount
 from ._protocol import (
     _BATCH,
@@ -170,12 +170,10 @@ class _ShardCore:
         parent decides what they do; the shard goes on)."""
         self.current = jid
         try:
-            if self.retry is not None:
-                value = await _retried_job(self.retry, self.job_timeout, fn, args, kwargs)
-            elif self.job_timeout is None:
+            if self.retry is None and self.job_timeout is None:
                 value = await fn(*args, **kwargs)
             else:
-                value = await _timed_job(self.job_timeout, fn, args, kwargs)
+                value = await _guarded_job(self.retry, self.job_timeout, fn, args, kwargs)
         except asyncio.CancelledError:
             self.handles.pop(jid, None)
             self._ended((jid, _CANCELLED, None))
