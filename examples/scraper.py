@@ -48,24 +48,44 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("scraper.py needs aiohttp: pip install 'coroexecutor[http]'")
 
-from coroexecutor import CoroutineExecutor, run
+from coroexecutor import AdaptiveLimit, CoroutineExecutor, PerKey, Retry, run
 
 # --------------------------------------------------------------------- the test server
 
 
 def make_app(
-    *, latency: float, sigma: float, error_rate: float, hang_rate: float, hang_for: float
+    *,
+    latency: float,
+    sigma: float,
+    error_rate: float,
+    hang_rate: float,
+    hang_for: float,
+    throttle: int | None = None,
 ) -> web.Application:
     """Answer GET on any path after a lognormal delay (median ``latency``).
 
     A share ``error_rate`` of requests gets a 503 after that delay; a share
     ``hang_rate`` gets no answer at all (the handler waits ``hang_for`` seconds, or
-    until the client gives up and closes the connection).
+    until the client gives up and closes the connection).  With ``throttle``, a request
+    that finds that many already in the handler gets a 429 after 1 ms: a capacity the
+    server never announces.
     """
     mu = math.log(latency) if latency > 0 else 0.0
     rnd = random.random
+    busy = 0
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal busy
+        if throttle is not None and busy >= throttle:
+            await asyncio.sleep(0.001)
+            return web.Response(status=429, text="too many requests\n")
+        busy += 1
+        try:
+            return await answer(request)
+        finally:
+            busy -= 1
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         r = rnd()
         if r < hang_rate:
             await asyncio.sleep(hang_for)  # cancelled when the client hangs up
@@ -82,25 +102,38 @@ def make_app(
 
 
 async def serve(args: argparse.Namespace, announce: TextIO) -> None:
-    """Run the server until --serve-for runs out, or stdin closes (--watch-stdin)."""
-    app = make_app(
-        latency=args.server_latency,
-        sigma=args.server_sigma,
-        error_rate=args.error_rate,
-        hang_rate=args.hang_rate,
-        hang_for=args.hang_for,
-    )
-    # handler_cancellation: a hung handler ends when its client times out and hangs up.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
+    """Run the server (--hosts of them, one port each) until --serve-for runs out, or
+    stdin closes (--watch-stdin).  The first host throttles at --throttle."""
+    runners = []
+    for i in range(args.hosts):
+        app = make_app(
+            latency=args.server_latency,
+            sigma=args.server_sigma,
+            error_rate=args.error_rate,
+            hang_rate=args.hang_rate,
+            hang_for=args.hang_for,
+            throttle=args.throttle if i == 0 else None,
+        )
+        # handler_cancellation: a hung handler ends when its client times out and hangs up.
+        runners.append(web.AppRunner(app, handler_cancellation=True, access_log=None))
     try:
-        site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
-        await site.start()
-        host, port = runner.addresses[0][:2]
+        bases = []
+        for i, runner in enumerate(runners):
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", args.port + i if args.port else 0, backlog=4096)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            bases.append(f"http://{host}:{port}/")
         print(
-            f"serving on http://{host}:{port}/ (median latency {args.server_latency * 1e3:g} "
+            f"serving on {' '.join(bases)} (median latency {args.server_latency * 1e3:g} "
             f"ms, sigma {args.server_sigma:g}, {args.error_rate:.1%} errors, "
-            f"{args.hang_rate:.1%} hangs)",
+            f"{args.hang_rate:.1%} hangs"
+            + (
+                ""
+                if args.throttle is None
+                else f"; the first answers 429 past {args.throttle} at once"
+            )
+            + ")",
             file=announce,
             flush=True,
         )
@@ -120,12 +153,13 @@ async def serve(args: argparse.Namespace, announce: TextIO) -> None:
         except TimeoutError:
             pass
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
 
 @contextlib.contextmanager
-def server_process(args: argparse.Namespace) -> Iterator[str]:
-    """Start the test server in a child process; yield its base URL; stop it after."""
+def server_process(args: argparse.Namespace) -> Iterator[list[str]]:
+    """Start the test server in a child process; yield its base URLs; stop it after."""
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -137,17 +171,18 @@ def server_process(args: argparse.Namespace) -> Iterator[str]:
         f"--error-rate={args.error_rate}",
         f"--hang-rate={args.hang_rate}",
         f"--hang-for={args.hang_for}s",
-    ]
+        f"--hosts={args.hosts}",
+    ] + ([] if args.throttle is None else [f"--throttle={args.throttle}"])
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None
     assert proc.stdout is not None
     try:
         line = proc.stdout.readline()
-        m = re.search(r"http://127\.0\.0\.1:\d+", line)
-        if m is None:
+        bases = re.findall(r"http://127\.0\.0\.1:\d+", line)
+        if not bases:
             raise RuntimeError(f"the test server did not start: {line!r}")
         print(line.strip(), file=sys.stderr)
-        yield m.group(0)
+        yield bases
     finally:
         proc.stdin.close()  # the server's cue to stop
         try:
@@ -169,8 +204,13 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def generated_urls(base: str, n: int) -> Iterator[str]:
-    return (f"{base}/page/{i}" for i in range(n))
+def generated_urls(bases: list[str], n: int) -> Iterator[str]:
+    """N URLs, dealt round the hosts in turn."""
+    return (f"{bases[i % len(bases)]}/page/{i}" for i in range(n))
+
+
+def host_of(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc
 
 
 def urls_from_file(path: str, base: str | None) -> Iterator[str]:
@@ -191,6 +231,7 @@ class Totals:
     def __init__(self) -> None:
         self.by_status: collections.Counter[str] = collections.Counter()
         self.ms_total = 0.0
+        self.retried = 0
 
     def add(self, status: str, ms: float) -> None:
         self.by_status[status] += 1
@@ -201,24 +242,68 @@ class Totals:
         return sum(self.by_status.values())
 
 
+class Throttled(Exception):
+    """A 429 answer, raised (with --per-host) so that Retry retries it and the host's
+    AdaptiveLimit cuts its limit."""
+
+    def __init__(self, url: str, ms: float) -> None:
+        super().__init__(f"429 from {url}")
+        self.url = url
+        self.ms = ms
+
+
+class Hosts:
+    """Per host: URLs done, 429 answers seen, the most requests in flight at once."""
+
+    def __init__(self) -> None:
+        self.done: collections.Counter[str] = collections.Counter()
+        self.throttled: collections.Counter[str] = collections.Counter()
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self.peak: collections.Counter[str] = collections.Counter()
+        self.limit: dict[str, int] = {}
+
+
 async def scrape(
-    urls: Iterator[str], out: TextIO, args: argparse.Namespace, totals: Totals
+    urls: Iterator[str],
+    out: TextIO,
+    args: argparse.Namespace,
+    totals: Totals,
+    hosts: Hosts | None = None,
 ) -> None:
-    """Fetch every URL through one CoroutineExecutor and one aiohttp session."""
+    """Fetch every URL through one CoroutineExecutor and one aiohttp session.
+
+    With ``hosts`` (--per-host): each host gets its own adaptive limit and 429s are
+    retried, through ``map_unordered(..., key=host)``, which never lets a throttled host
+    hold up the others."""
     tsv = args.format == "tsv"
     write = out.write
     perf = time.perf_counter
     timeout = args.timeout
     # One session for all requests, with as many connections as there are workers.
     connector = aiohttp.TCPConnector(limit=args.max_workers, limit_per_host=0)
+
+    def record(url: str, status: str, ms: float) -> None:
+        totals.add(status, ms)
+        if hosts is not None:
+            hosts.done[host_of(url)] += 1
+        if tsv:
+            write(f"{url}\t{status}\t{ms:.1f}\n")
+        else:
+            write(json.dumps({"url": url, "status": status, "ms": round(ms, 1)}) + "\n")
+
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def fetch(url: str) -> None:
-            """GET url; every outcome, error or not, becomes exactly one result line."""
+            """GET url; every outcome, error or not, becomes exactly one result line
+            (a 429 with --per-host: once its retries are spent)."""
             t0 = perf()
             if not is_loopback(url):
                 status = "refused"  # traffic stays on this machine
             else:
+                host = host_of(url)
+                if hosts is not None:
+                    hosts.in_flight[host] += 1
+                    hosts.peak[host] = max(hosts.peak[host], hosts.in_flight[host])
                 try:
                     async with asyncio.timeout(timeout), session.get(url) as resp:
                         await resp.read()
@@ -227,20 +312,40 @@ async def scrape(
                     status = "timeout"
                 except Exception as exc:  # aiohttp.ClientError, a bad URL, ...
                     status = f"error:{type(exc).__name__}"
-            ms = (perf() - t0) * 1e3
-            totals.add(status, ms)
-            if tsv:
-                write(f"{url}\t{status}\t{ms:.1f}\n")
-            else:
-                write(json.dumps({"url": url, "status": status, "ms": round(ms, 1)}) + "\n")
+                finally:
+                    if hosts is not None:
+                        hosts.in_flight[host] -= 1
+                if status == "429" and hosts is not None:
+                    hosts.throttled[host] += 1
+                    raise Throttled(url, (perf() - t0) * 1e3)
+            record(url, status, (perf() - t0) * 1e3)
 
+        if hosts is None:
+            async with CoroutineExecutor(
+                max_workers=args.max_workers,
+                timeout=args.max_time,  # None: no deadline for the whole run
+                progress=args.progress,
+            ) as exe:
+                for url in urls:
+                    await exe.submit(fetch, url)  # waits while max_workers requests run
+            return
+        per_host = PerKey(AdaptiveLimit(1, args.max_workers, overload=Throttled))
+        retry = Retry(args.retries, on=Throttled, backoff=0.05, max_backoff=2.0)
         async with CoroutineExecutor(
             max_workers=args.max_workers,
-            timeout=args.max_time,  # None: no deadline for the whole run
+            per_key=per_host,
+            retry=retry,
+            timeout=args.max_time,
             progress=args.progress,
         ) as exe:
-            for url in urls:
-                await exe.submit(fetch, url)  # waits while max_workers requests run
+            async for r in exe.map_unordered(fetch, urls, key=host_of, return_exceptions=True):
+                if isinstance(r, Throttled):  # still 429 after every retry
+                    record(r.url, "429", r.ms)
+                elif isinstance(r, BaseException):
+                    raise r
+            for host in hosts.done:
+                hosts.limit[host] = exe.keyed(host).max_workers
+            totals.retried = exe.stats().retried
 
 
 def peak_rss_mb() -> float:
@@ -250,6 +355,20 @@ def peak_rss_mb() -> float:
         return 0.0
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 2**20 if sys.platform == "darwin" else kb / 1024
+
+
+def host_report(hosts: Hosts, bases: list[str], throttle: int | None) -> str:
+    """One line per host: what it took, the limit found, and its real capacity."""
+    lines = []
+    for i, base in enumerate(bases):
+        host = host_of(base)
+        real = f"429 past {throttle}" if i == 0 and throttle is not None else "never throttles"
+        lines.append(
+            f"  {host}: {hosts.done[host]:,} URLs, {hosts.throttled[host]:,} answers 429, "
+            f"at most {hosts.peak[host]} in flight, limit found {hosts.limit.get(host, 0)} "
+            f"(real capacity: {real})"
+        )
+    return "\n".join(lines)
 
 
 def report(totals: Totals, elapsed: float) -> str:
@@ -265,7 +384,7 @@ def report(totals: Totals, elapsed: float) -> str:
         f"{n:,} URLs in {elapsed:.1f} s ({n / elapsed if elapsed else 0:,.0f}/s): "
         f"{ok:,} ok, {http_err:,} HTTP errors, {timeouts:,} timeouts, {errors:,} other "
         f"errors, {refused:,} refused; mean {mean:.1f} ms; peak RSS {peak_rss_mb():.0f} MB\n"
-        f"  by status: {kinds}"
+        f"  by status: {kinds}" + (f"; {totals.retried:,} retries" if totals.retried else "")
     )
 
 
@@ -309,6 +428,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="-", help="result lines go here (default stdout)")
     p.add_argument("--format", choices=("tsv", "jsonl"), default="tsv")
     p.add_argument("--progress", action="store_true", help="a tqdm bar (extra: progress)")
+    p.add_argument(
+        "--per-host",
+        action="store_true",
+        help="an adaptive limit per host (PerKey(AdaptiveLimit)), 429s retried (Retry)",
+    )
+    p.add_argument("--retries", type=int, default=8, help="--per-host: attempts per URL")
     srv = p.add_argument_group("the test server")
     srv.add_argument("--serve-only", action="store_true", help="run only the server")
     srv.add_argument("--port", type=int, default=0, help="(default: a random free port)")
@@ -318,12 +443,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     srv.add_argument("--error-rate", type=_share, default=0.01, help="share answered 503")
     srv.add_argument("--hang-rate", type=_share, default=0.001, help="share never answered")
     srv.add_argument("--hang-for", type=_duration, default=60.0, help=argparse.SUPPRESS)
+    srv.add_argument("--hosts", type=int, default=1, help="serve this many hosts (ports)")
+    srv.add_argument(
+        "--throttle", type=int, help="the first host answers 429 past this many at once"
+    )
     srv.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.max_workers <= 0:
         p.error("--max-workers must be greater than 0")
     if args.urls < 0:
         p.error("--urls must be 0 or more")
+    if args.hosts < 1:
+        p.error("--hosts must be 1 or more")
+    if args.throttle is not None and args.throttle < 1:
+        p.error("--throttle must be 1 or more")
+    if args.retries < 1:
+        p.error("--retries must be 1 or more")
     if args.error_rate + args.hang_rate > 1:
         p.error("--error-rate and --hang-rate add up to more than 1")
     if args.progress and importlib.util.find_spec("tqdm") is None:
@@ -350,23 +485,27 @@ def main(argv: list[str] | None = None) -> int:
             run(serve(args, sys.stdout))
         return 0
     with contextlib.ExitStack() as stack:
-        base = args.base_url.rstrip("/") if args.base_url else None
-        if base is None:
-            base = stack.enter_context(server_process(args))
-        if args.urls_file is not None:
-            urls: Iterator[str] = urls_from_file(args.urls_file, base)
+        if args.base_url:
+            bases = [args.base_url.rstrip("/")]
         else:
-            urls = generated_urls(base, args.urls)
+            bases = stack.enter_context(server_process(args))
+        if args.urls_file is not None:
+            urls: Iterator[str] = urls_from_file(args.urls_file, bases[0])
+        else:
+            urls = generated_urls(bases, args.urls)
         out = stack.enter_context(output(args.out))
         totals = Totals()
+        hosts = Hosts() if args.per_host else None
         t0 = time.perf_counter()
         try:
-            run(scrape(urls, out, args, totals))
+            run(scrape(urls, out, args, totals, hosts))
         except TimeoutError:
             print(f"--max-time {args.max_time:g} s ran out: stopped", file=sys.stderr)
         finally:
             out.flush()
             print(report(totals, time.perf_counter() - t0), file=sys.stderr)
+            if hosts is not None:
+                print(host_report(hosts, bases, args.throttle), file=sys.stderr)
     return 0
 
 

@@ -226,9 +226,11 @@ def test_run_returns_the_result_and_propagates_errors() -> None:
 
 def test_public_names() -> None:
     assert coroexecutor.__all__ == (
+        "AdaptiveLimit",
         "CoroutineExecutor",
         "ExecutorFull",
         "ExecutorStats",
+        "PerKey",
         "Retry",
         "ShardCrashed",
         "ShardedExecutor",

@@ -7,8 +7,10 @@ Run millions of coroutines with at most ``max_workers`` of them in flight::
             await exe.submit(fetch, line)   # waits while 10,000 jobs are running
 """
 
+from ._adaptive import AdaptiveLimit
 from ._engine_choice import COMPILED
 from ._executor import CoroutineExecutor, ExecutorFull, ExecutorStats
+from ._keyed import PerKey
 from ._retry import Retry
 from ._runner import run
 from .sharded import ShardCrashed, ShardedExecutor
@@ -18,9 +20,11 @@ from .sharded import ShardCrashed, ShardedExecutor
 __compiled__: bool = COMPILED
 
 __all__ = (
+    "AdaptiveLimit",
     "CoroutineExecutor",
     "ExecutorFull",
     "ExecutorStats",
+    "PerKey",
     "Retry",
     "ShardCrashed",
     "ShardedExecutor",

@@ -608,10 +608,7 @@ class _Engine:
         """submit() when the gate is shut: not yet bound, full, or closed."""
         if not callable(fn):
             _check_fn(fn, "submit")
-        if not self._bound():
-            self._bind()
-        elif asyncio.get_running_loop() is not self._loop:
-            raise RuntimeError(f"{self!r} is bound to another event loop")
+        self._ready_to_submit()
         if self._state is not _OPEN:
             await self._refuse_submit()  # type: ignore[attr-defined]
         if self._counted < self._limit and not self._waiters:
@@ -673,27 +670,58 @@ class _Engine:
         if self._counted < self._fast_limit:
             self._counted += 1
             return self._start(fn, args, kwargs, True)
+        return self._submit_nowait_slow(fn, args, kwargs, True, True)
+
+    def _submit_nowait_slow(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        to_executor: bool,
+        bounded: bool,
+    ) -> asyncio.Future[Any]:
+        """submit_nowait() when the gate is shut; ``bounded``: max_pending applies."""
+        self._ready_to_submit()
+        self._check_open()  # type: ignore[attr-defined]
+        if self._counted < self._limit and not self._waiters and self._pace is None:
+            self._counted += 1
+            return self._start(fn, args, kwargs, to_executor)
+        if bounded and self._max_pending is not None and self._pending >= self._max_pending:
+            raise self._full_error()  # type: ignore[attr-defined]
+        job = self._queued_job(fn, args, kwargs, to_executor)
+        self._enqueue(job)
+        return job.handle
+
+    def _ready_to_submit(self) -> None:
+        """Bind to the running loop on first use; refuse another loop."""
         if not self._bound():
             self._bind()
         elif asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"{self!r} is bound to another event loop")
-        self._check_open()  # type: ignore[attr-defined]
-        if self._counted < self._limit and not self._waiters and self._pace is None:
-            self._counted += 1
-            return self._start(fn, args, kwargs, True)
-        if self._max_pending is not None and self._pending >= self._max_pending:
-            raise self._full_error()  # type: ignore[attr-defined]
-        handle: asyncio.Future[Any] = _Handle(loop=self._loop)  # _start links it to its runner
-        job = _Queued(fn, args, kwargs, handle, True)
-        handle.add_done_callback(self._queued_handle_done, context=self._context)  # no copy
+
+    def _queued_job(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], to_executor: bool
+    ) -> _Queued:
+        """A job to start later, with its handle (a _Handle, which _start links to its
+        runner), counted as pending from now on."""
+        handle: asyncio.Future[Any] = _Handle(loop=self._loop)
+        job = _Queued(fn, args, kwargs, handle, to_executor)
+        handle.add_done_callback(  # the executor's context, not a copy per job
+            self._queued_handle_done if to_executor else self._queued_map_handle_done,
+            context=self._context,
+        )
         self._pending += 1
-        if self._counted < self._limit and not self._waiters:  # rate-limited: wait for a turn
+        return job
+
+    def _enqueue(self, job: _Queued) -> None:
+        """A queued job goes to the ready list when a count is free and nobody waits
+        ahead of it (rate-limited: it waits there for its turn), else it waits in line."""
+        if self._counted < self._limit and not self._waiters:
             self._counted += 1
             self._ready.append(job)
             self._schedule_ready()
         else:
             self._waiters.append(job)
-        return handle
 
     def _queued_handle_done(self, handle: asyncio.Future[Any]) -> None:
         # Only a queued job's handle gets this callback, removed when the job starts:
@@ -702,6 +730,13 @@ class _Engine:
         self._cancelled += 1
         self._check_drained()
         self._job_cancelled_by_handle(True)
+
+    def _queued_map_handle_done(self, handle: asyncio.Future[Any]) -> None:
+        # The same, for a queued job of a map's (per_key): its errors are the map's.
+        self._pending -= 1
+        self._cancelled += 1
+        self._check_drained()
+        self._job_cancelled_by_handle(False)
 
     def _schedule_ready(self) -> None:
         if not self._ready_scheduled:
@@ -729,7 +764,9 @@ class _Engine:
             if handle.done():  # cancelled while queued: already counted
                 self._release()
                 continue
-            handle.remove_done_callback(self._queued_handle_done)
+            handle.remove_done_callback(
+                self._queued_handle_done if job.to_executor else self._queued_map_handle_done
+            )
             self._pending -= 1
             self._start(job.fn, job.args, job.kwargs, job.to_executor, handle)
         self._ready_scheduled = False

@@ -9,13 +9,14 @@ them together and adds what only CoroutineExecutor has.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Literal, TypeVar
 
+from ._adaptive import AdaptiveLimit, _Limiter
 from ._engine_choice import _Engine
-from ._jobs import _check_fn, _State, _wrapped_job
+from ._jobs import _check_fn, _JobMaker, _State
+from ._keyed import PerKey, _KeyedView, _Keys
 from ._lifecycle import ExecutorFull, ExecutorStats, _check_count, _Lifecycle, _Options
 from ._retry import Retry, _RetryCount
 
@@ -34,8 +35,9 @@ class CoroutineExecutor(_Engine, _Lifecycle):
 
     def __init__(
         self,
-        max_workers: int = 1000,
+        max_workers: int | AdaptiveLimit = 1000,
         *,
+        per_key: PerKey | None = None,
         suppress_task_errors: bool = False,
         timeout: float | None = None,
         initializer: Callable[..., Any] | None = None,
@@ -50,7 +52,11 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         progress: bool | int = False,
         retry: Retry | None = None,
     ) -> None:
-        _check_count("max_workers", max_workers)
+        adaptive = max_workers if isinstance(max_workers, AdaptiveLimit) else None
+        if adaptive is None:
+            _check_count("max_workers", max_workers)
+        if per_key is not None and not isinstance(per_key, PerKey):
+            raise TypeError(f"per_key must be a PerKey(...) or None, got {per_key!r}")
         # Each constructor spells out the options it takes, for its users; checking
         # them is _Options.check's, once for both executors.
         options = _Options.check(
@@ -67,27 +73,35 @@ class CoroutineExecutor(_Engine, _Lifecycle):
             progress=progress,
             retry=retry,
         )
-        super().__init__(max_workers, bool(copy_context))
+        # max_workers=AdaptiveLimit(...): its limiter sets the limit (_resized).
+        self._adaptive = None if adaptive is None else _Limiter(adaptive, self._resized)
+        super().__init__(
+            self._adaptive.value if self._adaptive is not None else max_workers,  # type: ignore[arg-type]
+            bool(copy_context),
+        )
         self._init_lifecycle(options)
         self._max_pending = options.max_pending
         self._pace = options.pace()
         self._retried = _RetryCount()
-        if options.initializer is not None or options.job_timeout is not None or retry:
+        maker = _JobMaker(
+            options.initializer,
+            options.initargs,
+            options.job_timeout,
+            None if options.retry is None else (options.retry, self._retried),
+            () if self._adaptive is None else (self._adaptive,),
+        )
+        if maker.wraps():
             # Only then does a job get a wrapper coroutine: the plain path pays nothing.
-            self._job_factory = functools.partial(
-                _wrapped_job,
-                options.initializer,
-                options.initargs,
-                options.job_timeout,
-                None if options.retry is None else (options.retry, self._retried),
-            )
+            self._job_factory = maker
+        self._keys = None if per_key is None else _Keys(self, per_key, maker)
         self._started_at = time.monotonic()  # the timeout counts from here, or from entry
         self._timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ public API
     @property
     def max_workers(self) -> int:
-        """How many jobs may run at once.  Settable while running.
+        """How many jobs may run at once: the limit now in force.  Settable while
+        running, unless an AdaptiveLimit sets it (then it is read-only).
 
         Growing takes effect at once and wakes blocked submitters (and queued jobs);
         shrinking lets running jobs finish and starts no new one until the executor
@@ -97,10 +111,54 @@ class CoroutineExecutor(_Engine, _Lifecycle):
 
     @max_workers.setter
     def max_workers(self, value: int) -> None:
-        self._limit = _check_count("max_workers", value)
+        if self._adaptive is not None:
+            raise AttributeError(
+                "max_workers is set by the executor's AdaptiveLimit; it cannot be set by hand"
+            )
+        self._resized(_check_count("max_workers", value))
+
+    def _resized(self, value: int) -> None:
+        self._limit = value
         self._refresh_gate()
         if self._waiters:
             self._admit()
+
+    def keyed(self, key: Hashable) -> _KeyedView:
+        """The executor for the jobs of one key, under ``per_key``'s limit for that key:
+        ``await exe.keyed(host).submit(fetch, url)``; also ``submit_nowait``, ``map``
+        and ``map_unordered``.  A key at its limit waits (or queues) on its own, never
+        in front of other keys' jobs."""
+        if self._keys is None:
+            raise ValueError(
+                "keyed() needs per_key: CoroutineExecutor(per_key=PerKey(max_workers=...))"
+            )
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"a key must be hashable, got {type(key).__name__} {key!r}") from None
+        return _KeyedView(self, key)
+
+    async def _keyed_submit(
+        self, key: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        if not callable(fn):
+            _check_fn(fn, "submit")
+        assert self._keys is not None
+        return await self._keys.submit(key, fn, args, kwargs, True)
+
+    def _keyed_submit_nowait(
+        self, key: Hashable, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        if not callable(fn):
+            _check_fn(fn, "submit_nowait")
+        assert self._keys is not None
+        return self._keys.submit_nowait(key, fn, args, kwargs, True)
+
+    def _submit_keyed_for_map(
+        self, key: Hashable, fn: Any, args: tuple[Any, ...]
+    ) -> Awaitable[asyncio.Future[Any]]:
+        assert self._keys is not None
+        return self._keys.submit_for_map(key, fn, args)
 
     def stats(self) -> ExecutorStats:
         """The job counts now, as a frozen ExecutorStats."""
@@ -116,6 +174,7 @@ class CoroutineExecutor(_Engine, _Lifecycle):
             cancelled=self._cancelled,
             max_workers=self._limit,
             retried=self._retried.n,
+            keys=0 if self._keys is None else self._keys.active,
         )
 
     def _used(self) -> bool:
@@ -150,11 +209,15 @@ class CoroutineExecutor(_Engine, _Lifecycle):
         if self._state is _State.OPEN:
             self._state = _State.CLOSING
             self._close_gate()
+            if self._keys is not None:
+                self._keys.close()
 
     def _cancel_all(self) -> None:
         """Cancel every unfinished job; their CancelledErrors are not job errors."""
         self._aborting = True
         self._close()
+        if self._keys is not None:
+            self._keys.cancel()
         self._cancel_jobs()
 
     def _full_error(self) -> Exception:

@@ -14,19 +14,24 @@ import inspect
 import reprlib
 import types
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._retry import Retry, _RetryCount, _retrying
+
+if TYPE_CHECKING:
+    from ._adaptive import _Limiter
 
 __all__ = (
     "_BASE_ERRORS",
     "_NO_KWARGS",
+    "_JobMaker",
+    "_KeyedCall",
     "_NotAwaitable",
     "_State",
     "_as_coroutine",
     "_check_fn",
     "_guarded_job",
-    "_retried_job",
+    "_keyed_job",
     "_timed_job",
     "_wrapped_job",
 )
@@ -56,19 +61,20 @@ async def _wrapped_job(
     initargs: tuple[Any, ...],
     job_timeout: float | None,
     retry: tuple[Retry, _RetryCount] | None,
+    observe: tuple[_Limiter, ...],
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    """A job with the executor's initializer before it, and/or its retries and its
-    job_timeout (per attempt) around it."""
+    """A job with the executor's initializer before it, and/or its retries, its
+    job_timeout and its adaptive limits' observation (per attempt) around it."""
     if init is not None:
         r = init(*initargs)
         if inspect.isawaitable(r):
             await r
-    if retry is None and job_timeout is None:
+    if retry is None and job_timeout is None and not observe:
         return await _as_coroutine(fn, fn(*args, **kwargs))
-    return await _guarded_job(retry, job_timeout, fn, args, kwargs)
+    return await _guarded_job(retry, job_timeout, fn, args, kwargs, observe)
 
 
 def _guarded_job(
@@ -77,30 +83,136 @@ def _guarded_job(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    observe: tuple[_Limiter, ...] = (),
 ) -> Coroutine[Any, Any, Any]:
-    """A job under the executor's retries and/or job_timeout (one of them is set), as
-    both executors run it: in CoroutineExecutor's wrapper, and in a shard."""
+    """A job under the executor's retries, job_timeout and/or adaptive limits (one of
+    them is set), as both executors run it: in CoroutineExecutor's wrapper, and in a
+    shard."""
     if retry is not None:
-        return _retried_job(retry, job_timeout, fn, args, kwargs)
-    assert job_timeout is not None
-    return _timed_job(job_timeout, fn, args, kwargs)
+        return _retrying(
+            retry[0],
+            retry[1],
+            lambda: _attempt(job_timeout, observe, fn, args, kwargs),
+            (_NotAwaitable,),
+        )
+    return _attempt(job_timeout, observe, fn, args, kwargs)
 
 
-def _retried_job(
-    retry: tuple[Retry, _RetryCount],
+def _attempt(
     job_timeout: float | None,
+    observe: tuple[_Limiter, ...],
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Coroutine[Any, Any, Any]:
-    """A job's attempts under ``Retry``, each one under the job_timeout."""
+    """One call of a job: under its job_timeout, watched by its adaptive limits."""
+    if observe:
+        return _observed(observe, job_timeout, fn, args, kwargs)
+    if job_timeout is None:
+        return _as_coroutine(fn, fn(*args, **kwargs))
+    return _timed_job(job_timeout, fn, args, kwargs)
 
-    def attempt() -> Coroutine[Any, Any, Any]:
+
+async def _observed(
+    observe: tuple[_Limiter, ...],
+    job_timeout: float | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """One attempt, reported to the adaptive limits it runs under (its latency, or the
+    exception it raised)."""
+    tokens = [limiter.started() for limiter in observe]
+    try:
         if job_timeout is None:
-            return _as_coroutine(fn, fn(*args, **kwargs))
-        return _timed_job(job_timeout, fn, args, kwargs)
+            result = await _as_coroutine(fn, fn(*args, **kwargs))
+        else:
+            result = await _timed_job(job_timeout, fn, args, kwargs)
+    except BaseException as exc:
+        for limiter, token in zip(observe, tokens, strict=True):
+            limiter.ended(token, exc)
+        raise
+    for limiter, token in zip(observe, tokens, strict=True):
+        limiter.ended(token, None)
+    return result
 
-    return _retrying(retry[0], retry[1], attempt, (_NotAwaitable,))
+
+class _JobMaker:
+    """How CoroutineExecutor makes a job's coroutine when an option wraps it (the
+    engine's ``_job_factory``): initializer, job_timeout, retry, adaptive limit."""
+
+    __slots__ = ("init", "initargs", "job_timeout", "observe", "retry")
+
+    def __init__(
+        self,
+        init: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        job_timeout: float | None,
+        retry: tuple[Retry, _RetryCount] | None,
+        observe: tuple[_Limiter, ...],
+    ) -> None:
+        self.init = init
+        self.initargs = initargs
+        self.job_timeout = job_timeout
+        self.retry = retry
+        self.observe = observe  # the executor's adaptive limit, if any
+
+    def wraps(self) -> bool:
+        """Whether a job needs a wrapper coroutine at all."""
+        return bool(
+            self.init is not None
+            or self.job_timeout is not None
+            or self.retry is not None
+            or self.observe
+        )
+
+    def __call__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        if fn is _keyed_job:
+            return _keyed_job(*args)  # wrapped already, by make(), inside
+        return self.make(fn, args, kwargs, self.observe)
+
+    def make(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        observe: tuple[_Limiter, ...],
+    ) -> Coroutine[Any, Any, Any]:
+        if self.init is None and self.job_timeout is None and self.retry is None and not observe:
+            return _as_coroutine(fn, fn(*args, **kwargs))
+        return _wrapped_job(
+            self.init, self.initargs, self.job_timeout, self.retry, observe, fn, args, kwargs
+        )
+
+
+class _KeyedCall:
+    """A job of a key (per_key): its key's state, whether it holds one of the key's
+    places yet, and whether it has started (a queued one that is cancelled first gives
+    its place back)."""
+
+    __slots__ = ("placed", "started", "state")
+
+    def __init__(self, state: Any, placed: bool) -> None:
+        self.state = state
+        self.placed = placed
+        self.started = False
+
+
+async def _keyed_job(
+    keys: Any,
+    call: _KeyedCall,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """A job of a key: it gives the key's place back when it ends, however it ends."""
+    call.started = True
+    try:
+        return await keys.job(call.state, fn, args, kwargs)
+    finally:
+        keys.release(call.state)
 
 
 async def _timed_job(

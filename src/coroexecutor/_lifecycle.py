@@ -14,7 +14,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Sequence,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -55,6 +63,7 @@ class ExecutorStats:
     cancelled: int
     max_workers: int
     retried: int = 0  # retries made (Retry): calls beyond each job's first
+    keys: int = 0  # keys with a job in flight (per_key)
 
 
 # ---------------------------------------------------------------------- options
@@ -489,6 +498,7 @@ class _Lifecycle:
         self,
         fn: Callable[..., Awaitable[T]],
         *iterables: Iterable[Any] | AsyncIterable[Any],
+        key: Callable[..., Hashable] | None = ...,
         return_exceptions: Literal[False] = ...,
     ) -> AsyncIterator[T]: ...
 
@@ -497,6 +507,7 @@ class _Lifecycle:
         self,
         fn: Callable[..., Awaitable[T]],
         *iterables: Iterable[Any] | AsyncIterable[Any],
+        key: Callable[..., Hashable] | None = ...,
         return_exceptions: bool,
     ) -> AsyncIterator[T | BaseException]: ...
 
@@ -504,6 +515,7 @@ class _Lifecycle:
         self,
         fn: Callable[..., Awaitable[T]],
         *iterables: Iterable[Any] | AsyncIterable[Any],
+        key: Callable[..., Hashable] | None = None,
         return_exceptions: bool = False,
     ) -> AsyncIterator[T | BaseException]:
         """Run ``fn`` over the zipped iterables; yield the results in input order.
@@ -518,15 +530,20 @@ class _Lifecycle:
         ``return_exceptions=True`` (``asyncio.gather``'s word): a failed job's exception
         is yielded in its place and the map goes on; a cancelled job yields its
         ``CancelledError``.  Errors of the input itself are still raised.
+
+        ``key`` (with ``per_key``): called with each item's arguments, it gives the
+        item's key; an item whose key is at its limit waits behind its key while the
+        map goes on with other keys' items.
         """
-        sources = self._map_input("map", fn, iterables, return_exceptions)
-        return _map(self, fn, sources, return_exceptions)
+        sources = self._map_input("map", fn, iterables, return_exceptions, key)
+        return _map(self, fn, sources, return_exceptions, key)
 
     @overload
     def map_unordered(
         self,
         fn: Callable[..., Awaitable[T]],
         *iterables: Iterable[Any] | AsyncIterable[Any],
+        key: Callable[..., Hashable] | None = ...,
         return_exceptions: Literal[False] = ...,
     ) -> AsyncIterator[T]: ...
 
@@ -535,6 +552,7 @@ class _Lifecycle:
         self,
         fn: Callable[..., Awaitable[T]],
         *iterables: Iterable[Any] | AsyncIterable[Any],
+        key: Callable[..., Hashable] | None = ...,
         return_exceptions: bool,
     ) -> AsyncIterator[T | BaseException]: ...
 
@@ -542,16 +560,17 @@ class _Lifecycle:
         self,
         fn: Callable[..., Awaitable[T]],
         *iterables: Iterable[Any] | AsyncIterable[Any],
+        key: Callable[..., Hashable] | None = None,
         return_exceptions: bool = False,
     ) -> AsyncIterator[T | BaseException]:
         """Like map(), but yield each result as soon as its job ends.
 
         The first job error (in the order jobs end) is raised from the ``async for``
         and the map's other jobs are cancelled; leaving early cancels them too.
-        ``return_exceptions`` as for map().
+        ``return_exceptions`` and ``key`` as for map().
         """
-        sources = self._map_input("map_unordered", fn, iterables, return_exceptions)
-        return _map_unordered(self, fn, sources, return_exceptions)
+        sources = self._map_input("map_unordered", fn, iterables, return_exceptions, key)
+        return _map_unordered(self, fn, sources, return_exceptions, key)
 
     def _map_input(
         self,
@@ -559,11 +578,22 @@ class _Lifecycle:
         fn: Any,
         iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...],
         return_exceptions: Any,
+        key: Any,
     ) -> list[Any]:
         """map()'s function and options checked and its input opened (and counted by
         the bar)."""
         if not isinstance(return_exceptions, bool):
             raise TypeError(f"return_exceptions must be True or False, got {return_exceptions!r}")
+        if key is not None:
+            if not callable(key):
+                raise TypeError(
+                    f"{what}() key must be a function of the job's arguments, got {key!r}"
+                )
+            if getattr(self, "_keys", None) is None:
+                raise ValueError(
+                    f"{what}(key=...) needs per_key: "
+                    "CoroutineExecutor(per_key=PerKey(max_workers=...))"
+                )
         self._check_map_fn(fn, what)
         sources = _open_sources(what, iterables)
         if self._progress is not None:

@@ -110,8 +110,25 @@ async def _settle(handle: asyncio.Future[Any]) -> Any:
     return _settled(handle)
 
 
+def _submitter(exe: Any, key: Callable[..., Any] | None) -> Callable[..., Any]:
+    """The map's submit: the executor's, or, with ``key``, its key's (per_key), which
+    queues an item whose key is full and returns at once."""
+    if key is None:
+        return exe._submit_for_map  # type: ignore[no-any-return]
+    submit_keyed = exe._submit_keyed_for_map
+
+    def submit(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        return submit_keyed(key(*args), fn, args)
+
+    return submit
+
+
 async def _map(
-    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any], return_exceptions: bool
+    exe: _MapTarget,
+    fn: Callable[..., Any],
+    sources: list[Any],
+    return_exceptions: bool,
+    key: Callable[..., Any] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """Submit one job per zipped item and yield the results in input order.
 
@@ -129,8 +146,9 @@ async def _map(
     pending: deque[asyncio.Future[Any]] = deque()
     it, sync = _zip_sources(sources)
     feed = None
+    submit = _submitter(exe, key)
     try:
-        if sync and isinstance(exe, _Engine):
+        if sync and key is None and isinstance(exe, _Engine):
             # The engine's fast path: _map_fill starts a batch of jobs in one call (in
             # C, in the compiled engine), and a job that returns in its first step
             # while none is pending costs no handle; its value comes back in `done`.
@@ -174,7 +192,7 @@ async def _map(
                     yield await (_settle(h) if return_exceptions else h)
         else:
             while (args := await _read_args(it, sync)) is not None:
-                pending.append(await exe._submit_for_map(fn, args))
+                pending.append(await submit(fn, args))
                 while pending and pending[0].done():
                     yield take(pending.popleft())
                 while len(pending) > exe._max_in_flight:
@@ -196,7 +214,11 @@ async def _map(
 
 
 async def _map_unordered(
-    exe: _MapTarget, fn: Callable[..., Any], sources: list[Any], return_exceptions: bool
+    exe: _MapTarget,
+    fn: Callable[..., Any],
+    sources: list[Any],
+    return_exceptions: bool,
+    key: Callable[..., Any] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """Submit one job per zipped item; yield each result as its job ends.
 
@@ -222,10 +244,22 @@ async def _map_unordered(
     # the current context, a Context per job in flight.
     ctx = contextvars.copy_context()
     it, sync = _zip_sources(sources)
-    engine = exe if isinstance(exe, _Engine) else None  # its fast path, inlined below
+    # The engine's fast path, inlined below (not for a keyed map: its items take their
+    # key's place first).
+    engine = exe if isinstance(exe, _Engine) and key is None else None
+    submit = _submitter(exe, key)
     exhausted = False
     try:
         while True:
+            if key is not None:
+                # A keyed map's items may wait behind their keys without holding a
+                # worker: bound them as map()'s window bounds its own.
+                while len(unfinished) >= 2 * exe._max_in_flight and not finished:
+                    wake.append(loop.create_future())
+                    try:
+                        await wake[0]
+                    finally:
+                        wake.clear()
             if not exhausted:
                 args = await _read_args(it, sync)
                 if args is None:
@@ -235,7 +269,7 @@ async def _map_unordered(
                         engine._counted += 1
                         handle = engine._start(fn, args, _NO_KWARGS, False)
                     else:
-                        handle = await exe._submit_for_map(fn, args)
+                        handle = await submit(fn, args)
                     if handle.done():
                         finished.append(handle)
                     else:
