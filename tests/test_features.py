@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -675,5 +676,26 @@ def test_fail_fast_cancels_queued_jobs(run) -> None:
                 await asyncio.sleep(3600)
         assert all(h.cancelled() for h in queued)
         assert exe.stats().cancelled == 3
+
+    run(main())
+
+
+def test_worker_tasks_are_named_after_their_executor_and_number(run) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        me = asyncio.current_task()
+        async with CoroutineExecutor(3) as a, CoroutineExecutor(2) as b:
+            for _ in range(3):
+                await a.submit(gate.wait)
+            for _ in range(2):
+                await b.submit(gate.wait)
+            names = sorted(t.get_name() for t in asyncio.all_tasks() if t is not me)
+            gate.set()
+        workers: dict[str, set[int]] = {}
+        for name in names:
+            m = re.fullmatch(r"(CoroutineExecutor-\d+) worker (\d+)", name)
+            assert m, name
+            workers.setdefault(m.group(1), set()).add(int(m.group(2)))
+        assert sorted(workers.values(), key=len) == [{1, 2}, {1, 2, 3}]
 
     run(main())

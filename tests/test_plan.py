@@ -469,6 +469,37 @@ def test_scraper_end_to_end_one_line_per_url(tmp_path: Path) -> None:
     assert re.search(rf"{n} URLs in .* s .*ok.*timeouts", proc.stderr)
 
 
+def test_scraper_per_host_finds_a_throttling_hosts_limit_and_finishes_every_url(
+    tmp_path: Path,
+) -> None:
+    n = 1500
+    proc = run_scraper(
+        f"--urls={n}",
+        "--hosts=3",
+        "--throttle=4",
+        "--per-host",
+        "--max-workers=200",
+        "--server-latency=10ms",
+        "--error-rate=0",
+        "--hang-rate=0",
+        "--timeout=5s",
+        "--out=results.tsv",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "results.tsv").read_text().splitlines()
+    assert len(lines) == n  # every URL, once
+    statuses = [line.split("\t")[1] for line in lines]
+    assert statuses.count("200") >= n - 5, proc.stderr  # a 429 is retried, 8 times at most
+    hosts = re.findall(
+        r"^  (127\.0\.0\.1:\d+): .* limit found (\d+) \(real capacity: (.*)\)$", proc.stderr, re.M
+    )
+    assert len(hosts) == 3, proc.stderr
+    throttled = [int(limit) for _, limit, real in hosts if real.startswith("429")]
+    assert len(throttled) == 1 and 2 <= throttled[0] <= 8, proc.stderr  # its capacity is 4
+    assert re.search(r"answers 429", proc.stderr)
+
+
 def test_scraper_reads_urls_from_a_file_and_fetches_only_loopback(tmp_path: Path) -> None:
     (tmp_path / "urls.txt").write_text(
         "# paths are on the scraper's own server\n/a\n/b\n\n/c\nhttp://example.invalid/x\n"

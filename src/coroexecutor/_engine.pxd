@@ -90,6 +90,8 @@ cdef class _Engine:
     cdef public object _loop
     cdef public object _loop_getter
     cdef public object _max_pending
+    cdef public object _name
+    cdef public Py_ssize_t _workers_made
 
     # C calls from the engine itself; still methods to Python (CoroutineExecutor, map).
     cpdef _start(self, fn, tuple args, dict kwargs, bint to_executor, handle=*, list done=*, bint inplace=*)

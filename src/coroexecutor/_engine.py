@@ -130,6 +130,7 @@ else:  # pragma: no cover - exercised on 3.11 only
 # garbage collector destroy pending tasks; this keeps them until they end (at the latest
 # when asyncio.run() cancels what is left).
 _LIVE: Final[set[Any]] = set()
+_NUMBERS: Final = itertools.count(1)  # executors, for their workers' task names
 
 
 # A runner's states (the table is _Runner's docstring).  Plain ints: they are compared
@@ -512,6 +513,8 @@ class _Engine:
 
     def __init__(self, max_workers: int, copy_context: bool) -> None:
         self._limit = max_workers  # max_workers
+        self._name = f"{type(self).__name__}-{next(_NUMBERS)}"  # its workers' tasks' names
+        self._workers_made = 0
         # The gate.  _counted: jobs holding a count, the ones max_workers limits (from
         # their start, in submit, to their end).  The fast path starts a job while
         # _counted < _fast_limit; _fast_limit is _limit, or 0 until the executor is bound
@@ -1146,6 +1149,9 @@ class _Engine:
             ctx = self._context.copy()
         runner = _Runner(self, ctx)
         loop = self._loop
+        # The task's name, as `python -m asyncio ps` shows it: the executor and the worker.
+        self._workers_made += 1
+        name = f"{self._name} worker {self._workers_made}"
         if self._plain_futures and loop.get_task_factory() is None:
             # What create_task() does then, minus a Python-level call on asyncio's loop.
             # 3.12+: the task takes its first step now, inside the constructor (it
@@ -1154,13 +1160,13 @@ class _Engine:
             # first step per new worker is left queued (100,000 of them, with 100,000
             # jobs parked at once).
             if _EAGER_START:
-                task: asyncio.Task[None] = _Task(runner, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
+                task: asyncio.Task[None] = _Task(runner, loop=loop, name=name, context=ctx, eager_start=True)  # type: ignore[call-arg]
             elif self._step_at_birth:
-                task = _task_stepped_at_birth(loop, runner, ctx)
+                task = _task_stepped_at_birth(loop, runner, ctx, name)
             else:
-                task = _Task(runner, loop=loop, context=ctx)
+                task = _Task(runner, loop=loop, name=name, context=ctx)
         else:
-            task = loop.create_task(runner, context=ctx)
+            task = loop.create_task(runner, name=name, context=ctx)
         runner.task = task
         if cython.compiled and not task.done():
             # While its task lives, the runner, its context and its task are out of the
@@ -1426,7 +1432,7 @@ def _loops_own(loop: asyncio.AbstractEventLoop, name: str) -> bool:
 
 
 def _task_stepped_at_birth(
-    loop: asyncio.AbstractEventLoop, runner: _Runner, ctx: contextvars.Context
+    loop: asyncio.AbstractEventLoop, runner: _Runner, ctx: contextvars.Context, name: str
 ) -> asyncio.Task[None]:
     """3.11's ``Task(runner, loop=loop, context=ctx)`` taking its first step inside its
     constructor, as ``eager_start=True`` does on 3.12.
@@ -1445,10 +1451,10 @@ def _task_stepped_at_birth(
     """
     own = loop.call_soon
     if getattr(own, "__self__", None) is not loop or getattr(own, "__name__", "") != "call_soon":
-        return _Task(runner, loop=loop, context=ctx)  # someone else's call_soon
+        return _Task(runner, loop=loop, name=name, context=ctx)  # someone else's call_soon
     ready = getattr(loop, "_ready", None)
     if type(ready) is deque:
-        task = _Task(runner, loop=loop, context=ctx)
+        task = _Task(runner, loop=loop, name=name, context=ctx)
         if ready:
             handle = ready[len(ready) - 1]
             step = handle._callback
@@ -1459,7 +1465,7 @@ def _task_stepped_at_birth(
     stand_in = _FirstStep(loop, runner)
     setattr(loop, "call_soon", stand_in)  # noqa: B010  # not loop.__dict__ (see _bind)
     try:
-        return _Task(runner, loop=loop, context=ctx)
+        return _Task(runner, loop=loop, name=name, context=ctx)
     finally:
         if loop.call_soon is stand_in:
             delattr(loop, "call_soon")
