@@ -1160,7 +1160,9 @@ class _Engine:
             # first step per new worker is left queued (100,000 of them, with 100,000
             # jobs parked at once).
             if _EAGER_START:
-                task: asyncio.Task[None] = _Task(runner, loop=loop, name=name, context=ctx, eager_start=True)  # type: ignore[call-arg]
+                task: asyncio.Task[None] = _Task(  # type: ignore[call-arg]
+                    runner, loop=loop, name=name, context=ctx, eager_start=True
+                )
             elif self._step_at_birth:
                 task = _task_stepped_at_birth(loop, runner, ctx, name)
             else:

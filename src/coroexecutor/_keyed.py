@@ -159,7 +159,7 @@ class _Keys:
         loop = self._exe._loop
         if pace is not None and pace.tat > loop.time():
             # Dropped now, the key would get a fresh burst before its rate allows one.
-            state.timer = loop.call_at(pace.tat, self._cooled, state)
+            self._wake_at(state, pace.tat)
             return
         if self._states.get(state.key) is state:
             del self._states[state.key]
@@ -169,6 +169,15 @@ class _Keys:
             kept[state.key] = state.limiter
             if len(kept) > _KEPT_LIMITERS:
                 kept.popitem(last=False)
+
+    def _wake_at(self, state: _KeyState, at: float) -> None:
+        """Look at the key again at loop time ``at`` (or earlier, if already due)."""
+        timer = state.timer
+        if timer is not None:
+            if timer.when() <= at:
+                return
+            timer.cancel()
+        state.timer = self._exe._loop.call_at(at, self._cooled, state)
 
     def _cooled(self, state: _KeyState) -> None:
         state.timer = None
@@ -183,13 +192,11 @@ class _Keys:
         pace = state.pace
         loop = self._exe._loop
         while queue and state.running < state.limit:
-            if pace is not None and state.timer is None:
+            if pace is not None:
                 at = pace.next_at()
                 if at > loop.time():
-                    state.timer = loop.call_at(at, self._cooled, state)
+                    self._wake_at(state, at)  # the key's next start is due then
                     return
-            elif pace is not None:
-                return  # a timer is due
             waiter = queue.popleft()
             if isinstance(waiter, asyncio.Future):
                 if waiter.done():
@@ -289,7 +296,9 @@ class _Keys:
         if not call.started:
             # Queued (by its key, or by the executor): if it is cancelled before it
             # starts, its place (if it has one yet) goes back.
-            handle.add_done_callback(functools.partial(self._never_started, call))
+            handle.add_done_callback(
+                functools.partial(self._never_started, call), context=exe._context
+            )
         return handle  # type: ignore[no-any-return]
 
     def _never_started(self, call: _KeyedCall, handle: asyncio.Future[Any]) -> None:
