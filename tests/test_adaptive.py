@@ -117,13 +117,16 @@ def test_latency_growth_cuts_and_target_latency_judges_by_the_target(fake_time: 
         attempt(lim, fake_time, 0.010)  # the no-load latency
     grown = lim.value
     for _ in range(grown):
-        attempt(lim, fake_time, 0.040)  # four times it: congestion
+        attempt(lim, fake_time, 0.040)  # four times it: congestion, or a pause?
+    assert lim.value == grown  # one slow window: no growth, no cut yet
+    for _ in range(grown):
+        attempt(lim, fake_time, 0.040)  # a second one: congestion
     assert lim.value <= grown * 0.5 + 1
     lim = adaptive._Limiter(AdaptiveLimit(1, 1000, initial=20, target_latency=0.1))
     round_trips(lim, fake_time, 0.050, 2)  # under the target: grows, whatever the minimum
     assert lim.value >= 60
     high = lim.value
-    round_trips(lim, fake_time, 0.200, 1)
+    round_trips(lim, fake_time, 0.200, 2)
     assert lim.value < high
 
 

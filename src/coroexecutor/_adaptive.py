@@ -24,11 +24,10 @@ __all__ = ("AdaptiveLimit", "_Limiter")
 
 # A latency this many times the no-load minimum (plus _SLACK seconds, so that a job of a
 # few microseconds is not judged by the loop's noise) is congestion.
-_TOLERANCE = 1.25
-_SLACK = 0.001
+_TOLERANCE = 1.2
+_SLACK = 0.0005
 _OVERLOAD_CUT = 0.9  # the cut on an overload error (Netflix's AIMDLimit's backoff ratio)
 _MIN_CUT = 0.5  # the deepest cut on latency (TCP's on a loss)
-_PROBE_WINDOWS = 50  # re-learn the no-load latency every this many windows
 _MIN_WINDOW = 16  # samples: the smallest window a latency verdict is taken on
 
 
@@ -103,11 +102,11 @@ class _Limiter:
     a burst of rejections from it cuts once, not once each.
 
     Latency is judged per window (about one round trip of successes, at least
-    _MIN_WINDOW) by the window's median: a queue at the service delays every request,
-    while the noise of a busy machine or of a jittery service delays some.  Its
-    reference is the no-load latency, the lowest smoothed median seen (smoothed as TCP
-    smooths its round-trip time, RFC 6298), plus twice the windows' usual spread, so
-    that a service whose latency varies a lot is not taken for a congested one.
+    _MIN_WINDOW) by the window's mean.  Its reference is the no-load latency (the
+    lowest smoothed mean seen, smoothed as TCP smooths its round-trip time, RFC 6298)
+    times _TOLERANCE, plus three standard errors of the mean (from the latencies'
+    spread near the no-load latency), so that a service whose latency varies a lot is
+    not taken for a congested one.  Two windows in a row over it cut the limit.
     """
 
     __slots__ = (
@@ -116,13 +115,13 @@ class _Limiter:
         "_limit",
         "_on_change",
         "_overload",
-        "_rttvar",
         "_samples",
         "_slow_start",
+        "_spread",
         "_srtt",
+        "_suspect",
         "_target",
         "_window",
-        "_windows",
         "high",
         "in_flight",
         "low",
@@ -141,10 +140,10 @@ class _Limiter:
         self._slow_start = True
         self._samples: list[float] = []  # this window's latencies (successes of this epoch)
         self._window = max(_MIN_WINDOW, self.value)  # how many make the window
-        self._windows = 0
         self._srtt = math.nan  # smoothed window median (uncongested windows)
-        self._rttvar = 0.0  # smoothed deviation of the window medians from _srtt
         self._base = math.inf  # the no-load latency: the lowest _srtt seen
+        self._suspect = 0.0  # the median of the last window, if it looked congested
+        self._spread = 0.0  # the samples' spread (0.93 IQR) near the no-load latency
         self.in_flight = 0  # attempts started and not ended
 
     def started(self) -> tuple[int, float]:
@@ -164,38 +163,58 @@ class _Limiter:
         samples.append(time.monotonic() - t0)
         if len(samples) >= self._window:
             self._judge()
-        elif 2 * self.in_flight + 2 >= self._limit:
-            # Grow only a limit that is used: an idle limit says nothing of the service.
+        elif not self._suspect and 2 * self.in_flight + 2 >= self._limit:
+            # Grow only a limit that is used (an idle limit says nothing of the
+            # service), and not while the last window looked congested.
             self._grow()
 
-    def _threshold(self) -> float:
-        if self._target is not None:
-            return self._target
-        return self._base * _TOLERANCE + 2 * self._rttvar + _SLACK
-
     def _judge(self) -> None:
-        """A window is complete: grow, or cut if its median latency is too high."""
+        """A window is complete: grow, or, if its mean latency is too high twice in a
+        row, cut (one slow window is a pause of the machine more often than a queue).
+
+        The mean, not the median: past the service's capacity its throughput is fixed,
+        so by Little's law the mean latency grows with every request added, while a
+        queue that delays only some requests leaves the median where it was."""
         samples = self._samples
-        samples.sort()
-        median = samples[len(samples) // 2]
+        n = len(samples)
+        mean = math.fsum(samples) / n
+        spread = math.sqrt(max(0.0, math.fsum(x * x for x in samples) / n - mean * mean))
         samples.clear()
-        self._windows += 1
-        if self._base == math.inf:  # the first window: the reference
-            self._srtt = self._base = median
-        threshold = self._threshold()
-        if median > threshold:
-            self._cut(max(_MIN_CUT, min(_OVERLOAD_CUT, threshold / median)))
-            return
-        self._rttvar += (abs(median - self._srtt) - self._rttvar) / 4
-        self._srtt += (median - self._srtt) / 8
-        if self._srtt < self._base or self._windows % _PROBE_WINDOWS == 0:
-            # Lower, or time to re-learn it (the service may have got slower for good,
-            # as Netflix's Vegas limit re-probes its no-load latency).
-            self._base = self._srtt
-        self._grow()
-        # The next window: one round trip's samples at the limit it starts with (fixed
-        # now, or slow start, which grows the limit per sample, would never judge).
         self._window = max(_MIN_WINDOW, self.value)
+        if self._base == math.inf:  # the first window: the reference
+            self._srtt = self._base = mean
+            self._spread = spread
+        if self._target is not None:
+            threshold = self._target
+        else:
+            # The service's own jitter (its latencies' standard deviation, measured near
+            # the no-load latency: a queue spreads latencies too, which must not raise
+            # the bar) gives the mean of n samples a standard error of spread /
+            # sqrt(n): allow three.
+            threshold = self._base * _TOLERANCE + 3 * self._spread / math.sqrt(n) + _SLACK
+        if mean <= threshold:
+            self._suspect = 0.0
+            self._srtt += (mean - self._srtt) / 8
+            if self._srtt < self._base:
+                self._base = self._srtt
+            if mean <= self._base * 1.1:
+                self._spread += (spread - self._spread) / 8
+            self._grow()
+            return
+        if self._target is None and self.value <= self.low:
+            # Slow even at the floor: our load is not the cause, the service got slower
+            # for good.  Its no-load latency is this, and the search starts again.
+            self._srtt = self._base = mean
+            self._spread = spread
+            self._suspect = 0.0
+            self._slow_start = True
+            return
+        if not self._suspect:
+            self._suspect = mean  # no growth on this one; cut if the next agrees
+            return
+        worst = min(mean, self._suspect)
+        self._suspect = 0.0
+        self._cut(max(_MIN_CUT, min(_OVERLOAD_CUT, threshold / worst)))
 
     def _grow(self) -> None:
         if self._slow_start:
@@ -206,6 +225,7 @@ class _Limiter:
     def _cut(self, factor: float) -> None:
         self._slow_start = False
         self._epoch += 1
+        self._suspect = 0.0
         self._samples.clear()
         self._set(self._limit * factor)
         self._window = max(_MIN_WINDOW, self.value)
